@@ -1,0 +1,139 @@
+//! Types shared by the eBPF programs (`agent-ebpf`) and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]` and `no_std`: the kernel side writes these bytes, the userspace
+//! side reads them back. The layout is the wire format of the ring buffer, so a change here is a
+//! change on both sides at once — which is the point of keeping it in one crate.
+#![no_std]
+
+/// Bytes of payload the kernel copies per socket syscall. The parser only needs frame boundaries,
+/// so bytes past this limit are reported as a length (`EventHeader::len`) and never copied.
+/// Power of two: the eBPF side masks offsets with `MAX_CAPTURE - 1` to satisfy the verifier.
+pub const MAX_CAPTURE: usize = 4096;
+
+/// Most iovecs walked per `readv`/`writev`/`sendmsg`/`recvmsg`; later ones are counted as length only.
+pub const MAX_IOVECS: u32 = 16;
+
+/// Default ring-buffer size in bytes (power-of-two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// Map names, shared so the loader never spells them differently from the programs.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const CONNS: &str = "CONNS";
+    pub const ARGS: &str = "ARGS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
+pub mod limits {
+    pub const TARGETS: u32 = 1024;
+    pub const CONNS: u32 = 65536;
+    pub const ARGS: u32 = 16384;
+}
+
+/// What a ring-buffer record describes. Stable numeric ids: they are the wire format.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Bytes the target read from a tracked connection (`read`, `readv`, `recvfrom`, `recvmsg`).
+    Read = 1,
+    /// Bytes the target wrote to a tracked connection (`write`, `writev`, `sendto`, `sendmsg`).
+    Write = 2,
+    /// The target accepted a connection; `len` is unused, `fd` is the new socket.
+    Accept = 3,
+    /// The target closed a tracked connection.
+    Close = 4,
+}
+
+impl EventKind {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        match v {
+            1 => Some(Self::Read),
+            2 => Some(Self::Write),
+            3 => Some(Self::Accept),
+            4 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// Header of every ring-buffer record; `captured` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`). Reads: when the syscall returned (the data is
+    /// there). Writes: when the syscall was entered (when the server handed the bytes over).
+    pub ts_ns: u64,
+    /// Bytes the syscall moved (its return value); may exceed `captured`.
+    pub len: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// An [`EventKind`] as u16.
+    pub kind: u16,
+    /// Payload bytes that follow the header (`<= MAX_CAPTURE`, `<= len`).
+    pub captured: u16,
+}
+
+pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Shape of the user buffer a syscall was given, saved at entry and walked at exit.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufShape {
+    /// `buf` points at `count` bytes.
+    Flat = 1,
+    /// `buf` points at `count` `struct iovec`s.
+    Iovec = 2,
+    /// `buf` points at a `struct user_msghdr`.
+    Msghdr = 3,
+}
+
+/// Per-thread state between a syscall's entry and exit tracepoints (map `ARGS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    pub ts_ns: u64,
+    pub buf: u64,
+    pub count: u64,
+    pub fd: i32,
+    pub kind: u16,
+    pub shape: u16,
+}
+
+/// Indices into the per-CPU `COUNTERS` array. Kernel-side drops cannot be seen from userspace any
+/// other way (a ring buffer does not count its own failed reserves), so each has its own slot.
+pub mod counter {
+    /// Records the ring buffer refused, by `EventKind` (index = kind).
+    pub const LOST_READ: u32 = 1;
+    pub const LOST_WRITE: u32 = 2;
+    pub const LOST_ACCEPT: u32 = 3;
+    pub const LOST_CLOSE: u32 = 4;
+    /// Syscalls not tracked because `ARGS` was full.
+    pub const ARGS_FULL: u32 = 5;
+    /// Accepted connections not tracked because `CONNS` was full.
+    pub const CONNS_FULL: u32 = 6;
+    /// `bpf_probe_read_user` failures (payload not captured; the event still goes out with `captured = 0`).
+    pub const READ_FAULT: u32 = 7;
+    /// Syscalls whose payload was longer than what was captured.
+    pub const TRUNCATED: u32 = 8;
+    pub const COUNT: u32 = 16;
+
+    pub const fn lost_for_kind(kind: u16) -> u32 {
+        kind as u32
+    }
+}
+
+/// Key of `CONNS`: the connection `(tgid, fd)` packed in one u64.
+#[inline(always)]
+pub const fn conn_key(tgid: u32, fd: i32) -> u64 {
+    ((tgid as u64) << 32) | (fd as u32 as u64)
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding-dependent invariants.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SyscallArgs {}
+}

@@ -1,0 +1,357 @@
+//! Kernel side of inferscope's stream timing.
+//!
+//! Syscall tracepoints only (this must run where kprobes are absent). For processes listed in
+//! `TARGETS` we track the connections they *accept* (`CONNS`, keyed by `(tgid, fd)`), and for
+//! every read/write on such a connection emit one ring-buffer record: a fixed header plus at most
+//! `MAX_CAPTURE` payload bytes. Everything else — HTTP, chunking, SSE — is parsed in userspace.
+//!
+//! Entry tracepoints save the syscall's buffer description per thread (`ARGS`); exit tracepoints
+//! know how many bytes really moved and copy just those.
+#![no_std]
+#![no_main]
+
+use agent_common::{
+    conn_key, counter, limits, BufShape, EventHeader, EventKind, SyscallArgs, DEFAULT_RING_BYTES,
+    HEADER_LEN, MAX_CAPTURE, MAX_IOVECS,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(limits::TARGETS, 0);
+#[map]
+static CONNS: HashMap<u64, u32> = HashMap::with_max_entries(limits::CONNS, 0);
+#[map]
+static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(limits::ARGS, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU staging area: header followed by payload. Twice `MAX_CAPTURE` of payload room so the
+/// verifier can prove `offset (< MAX_CAPTURE) + length (<= MAX_CAPTURE)` stays inside it.
+#[repr(C, align(8))]
+struct Scratch {
+    buf: [u8; HEADER_LEN + 2 * MAX_CAPTURE],
+}
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+// Offsets in the syscall tracepoint records (see /sys/kernel/tracing/events/syscalls/*/format).
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+// struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+const MSG_IOV: u64 = 16;
+const MSG_IOVLEN: u64 = 24;
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    // SAFETY: read-only lookup of a plain u32 value.
+    unsafe { TARGETS.get(&tgid) }.is_some()
+}
+
+// ---- entry: remember the buffer of syscalls on tracked connections ----
+
+#[inline(always)]
+fn save_args(ctx: &TracePointContext, kind: EventKind, shape: BufShape) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    // SAFETY: offsets come from the tracepoint format; reads are bounds-checked by the helper.
+    let (fd, buf, count) = unsafe {
+        match (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) {
+            (Ok(fd), Ok(buf), Ok(count)) => (fd as i32, buf, count),
+            _ => return 0,
+        }
+    };
+    // SAFETY: read-only lookup.
+    if unsafe { CONNS.get(&conn_key(tgid, fd)) }.is_none() {
+        return 0;
+    }
+    let args = SyscallArgs {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        buf,
+        count,
+        fd,
+        kind: kind as u16,
+        shape: shape as u16,
+    };
+    if ARGS.insert(&pid_tgid, &args, 0).is_err() {
+        bump(counter::ARGS_FULL);
+    }
+    0
+}
+
+macro_rules! enter_program {
+    ($name:ident, $kind:expr, $shape:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            save_args(&ctx, $kind, $shape)
+        }
+    };
+}
+
+enter_program!(enter_read, EventKind::Read, BufShape::Flat);
+enter_program!(enter_recvfrom, EventKind::Read, BufShape::Flat);
+enter_program!(enter_readv, EventKind::Read, BufShape::Iovec);
+enter_program!(enter_recvmsg, EventKind::Read, BufShape::Msghdr);
+enter_program!(enter_write, EventKind::Write, BufShape::Flat);
+enter_program!(enter_sendto, EventKind::Write, BufShape::Flat);
+enter_program!(enter_writev, EventKind::Write, BufShape::Iovec);
+enter_program!(enter_sendmsg, EventKind::Write, BufShape::Msghdr);
+
+// ---- exit: copy what really moved and emit one record ----
+
+/// Copies up to `want - off` bytes from `src` to the scratch payload at `off`; returns bytes copied.
+#[inline(always)]
+fn copy_segment(scratch: &mut Scratch, off: usize, want: usize, src: u64, avail: u64) -> usize {
+    if off >= want || off >= MAX_CAPTURE {
+        return 0;
+    }
+    let mut n = want - off;
+    if (avail as usize) < n {
+        n = avail as usize;
+    }
+    if n > MAX_CAPTURE {
+        n = MAX_CAPTURE;
+    }
+    if n == 0 {
+        return 0;
+    }
+    let at = HEADER_LEN + (off & (MAX_CAPTURE - 1));
+    // SAFETY: `at < HEADER_LEN + MAX_CAPTURE` and `n <= MAX_CAPTURE`, so the write stays inside
+    // `Scratch::buf`; the helper faults safely on a bad user pointer.
+    let ret = unsafe {
+        generated::bpf_probe_read_user(
+            scratch.buf.as_mut_ptr().add(at).cast(),
+            n as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if ret < 0 {
+        bump(counter::READ_FAULT);
+        return 0;
+    }
+    n
+}
+
+#[inline(always)]
+fn copy_iovecs(scratch: &mut Scratch, want: usize, iov: u64, iovcnt: u64) -> usize {
+    let mut off = 0usize;
+    let mut i = 0u32;
+    while i < MAX_IOVECS {
+        if (i as u64) >= iovcnt || off >= want {
+            break;
+        }
+        // SAFETY: user pointer read through the fault-tolerant helper.
+        let seg = unsafe { bpf_probe_read_user((iov + (i as u64) * 16) as *const [u64; 2]) };
+        let Ok([base, len]) = seg else {
+            bump(counter::READ_FAULT);
+            break;
+        };
+        let n = copy_segment(&mut *scratch, off, want, base, len);
+        if n == 0 && len != 0 {
+            break;
+        }
+        off += n;
+        i += 1;
+    }
+    off
+}
+
+#[inline(always)]
+fn emit_data(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: value copied out before the entry is removed.
+    let args = match unsafe { ARGS.get(&pid_tgid) } {
+        Some(a) => *a,
+        None => return 0,
+    };
+    let _ = ARGS.remove(&pid_tgid);
+    // SAFETY: offset from the tracepoint format.
+    let ret = match unsafe { ctx.read_at::<i64>(RET) } {
+        Ok(r) => r,
+        Err(_) => return 0,
+    };
+    if ret <= 0 {
+        return 0; // error, EAGAIN or EOF: nothing moved
+    }
+    let len = ret as u64;
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot; nothing else on this CPU touches it while we run.
+    let scratch = unsafe { &mut *scratch };
+    let want = if len < MAX_CAPTURE as u64 { len as usize } else { MAX_CAPTURE };
+    let captured = if args.shape == BufShape::Flat as u16 {
+        copy_segment(&mut *scratch, 0, want, args.buf, len)
+    } else if args.shape == BufShape::Iovec as u16 {
+        copy_iovecs(&mut *scratch, want, args.buf, args.count)
+    } else {
+        // SAFETY: user pointers read through the fault-tolerant helper.
+        let iov = unsafe { bpf_probe_read_user((args.buf + MSG_IOV) as *const u64) };
+        let cnt = unsafe { bpf_probe_read_user((args.buf + MSG_IOVLEN) as *const u64) };
+        match (iov, cnt) {
+            (Ok(iov), Ok(cnt)) => copy_iovecs(&mut *scratch, want, iov, cnt),
+            _ => {
+                bump(counter::READ_FAULT);
+                0
+            }
+        }
+    };
+    if (captured as u64) < len {
+        bump(counter::TRUNCATED);
+    }
+    let ts_ns = if args.kind == EventKind::Write as u16 {
+        args.ts_ns // the moment the server handed the bytes over
+    } else {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() } // the moment the data was in the server's hands
+    };
+    let header = EventHeader {
+        ts_ns,
+        len,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd: args.fd,
+        kind: args.kind,
+        captured: captured as u16,
+    };
+    output(scratch, header, captured)
+}
+
+#[inline(always)]
+fn output(scratch: &mut Scratch, header: EventHeader, captured: usize) -> u32 {
+    let kind = header.kind;
+    // SAFETY: the scratch slot is 8-aligned and starts with room for the header.
+    unsafe { core::ptr::write(scratch.buf.as_mut_ptr().cast::<EventHeader>(), header) };
+    let total = HEADER_LEN + captured;
+    if total > HEADER_LEN + MAX_CAPTURE {
+        return 0;
+    }
+    let bytes = &scratch.buf[..total];
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        bump(counter::lost_for_kind(kind));
+    }
+    0
+}
+
+macro_rules! exit_program {
+    ($name:ident) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            emit_data(&ctx)
+        }
+    };
+}
+
+exit_program!(exit_read);
+exit_program!(exit_recvfrom);
+exit_program!(exit_readv);
+exit_program!(exit_recvmsg);
+exit_program!(exit_write);
+exit_program!(exit_sendto);
+exit_program!(exit_writev);
+exit_program!(exit_sendmsg);
+
+// ---- connection lifecycle ----
+
+#[inline(always)]
+fn conn_event(ctx: &TracePointContext, kind: EventKind, fd: i32, tgid: u32, tid: u32) -> u32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot; nothing else on this CPU touches it while we run.
+    let scratch = unsafe { &mut *scratch };
+    let header = EventHeader {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        len: 0,
+        tgid,
+        tid,
+        fd,
+        kind: kind as u16,
+        captured: 0,
+    };
+    let _ = ctx;
+    output(scratch, header, 0)
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    // SAFETY: offset from the tracepoint format.
+    let fd = match unsafe { ctx.read_at::<i64>(RET) } {
+        Ok(fd) if fd >= 0 => fd as i32,
+        _ => return 0,
+    };
+    if CONNS.insert(&conn_key(tgid, fd), &0u32, 0).is_err() {
+        bump(counter::CONNS_FULL);
+        warn!(ctx, "inferscope: connection map full, pid {} fd {} not tracked", tgid, fd);
+        return 0;
+    }
+    conn_event(ctx, EventKind::Accept, fd, tgid, pid_tgid as u32)
+}
+
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx)
+}
+
+#[tracepoint]
+pub fn exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx)
+}
+
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    // SAFETY: offset from the tracepoint format.
+    let fd = match unsafe { ctx.read_at::<u64>(ARG0) } {
+        Ok(fd) => fd as i32,
+        Err(_) => return 0,
+    };
+    let key = conn_key(tgid, fd);
+    // SAFETY: read-only lookup.
+    if unsafe { CONNS.get(&key) }.is_none() {
+        return 0;
+    }
+    let _ = CONNS.remove(&key);
+    conn_event(&ctx, EventKind::Close, fd, tgid, pid_tgid as u32)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // eBPF has no unwinding; every panic path must be proven dead for the verifier anyway.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

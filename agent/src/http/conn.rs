@@ -1,0 +1,499 @@
+//! One TCP (or Unix) connection as the server sees it: bytes it read (requests) and bytes it
+//! wrote (responses), each with the kernel's timestamp. Produces one [`RequestRecord`] per
+//! request/response exchange. Pure: no I/O, no clocks, so every split can be unit-tested.
+
+use std::collections::VecDeque;
+
+use super::chunked::ChunkDecoder;
+use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
+use super::head::{self, HeadBuf, RequestHead};
+use super::payload::classify;
+
+/// Requests read but not yet answered (pipelining); more is not HTTP we can follow.
+const MAX_PENDING: usize = 64;
+/// Content-write timestamps kept per request; later ones still count in `chunks`.
+pub const MAX_CONTENT_WRITES: usize = 1 << 16;
+
+/// One finished request/response exchange. Times are CLOCK_MONOTONIC ns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The read that completed the request (head and body).
+    pub request_ns: u64,
+    /// The write that carried the response's first byte.
+    pub first_byte_ns: u64,
+    /// The first write that completed a content-bearing event.
+    pub first_token_ns: Option<u64>,
+    /// The write that carried the response's last byte.
+    pub end_ns: u64,
+    /// Every write that completed at least one content-bearing event, in order.
+    pub content_write_ns: Vec<u64>,
+    /// Content-bearing events (one event may carry several tokens).
+    pub chunks: u64,
+    /// Completion tokens, when the stream itself states the count.
+    pub tokens: Option<u64>,
+    /// The body was an event stream (SSE or NDJSON).
+    pub streaming: bool,
+}
+
+/// What went wrong or was skipped; summed over connections by the tracker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ParseCounters {
+    /// Heads that were not HTTP/1.x (garbage, TLS, HTTP/2).
+    pub bad_heads: u64,
+    /// Chunked bodies whose framing was malformed.
+    pub bad_chunks: u64,
+    /// Bodies whose framing was lost because bytes were not captured.
+    pub framing_lost: u64,
+    /// Responses with no request we saw (joined mid-exchange, or a lost read event).
+    pub unmatched_responses: u64,
+    /// Exchanges cut short by the connection closing.
+    pub aborted: u64,
+    /// Events longer than the classifier keeps.
+    pub truncated_events: u64,
+    /// Content-write timestamps beyond `MAX_CONTENT_WRITES` on one request.
+    pub content_writes_dropped: u64,
+    /// Connections switched to something else (101 Switching Protocols) and no longer followed.
+    pub upgraded: u64,
+}
+
+#[derive(Debug)]
+struct PartialRequest {
+    head: RequestHead,
+}
+
+#[derive(Debug)]
+enum Inbound {
+    /// Joined mid-stream or after garbage: wait for a read that starts with a request line.
+    Unsynced,
+    Head(HeadBuf),
+    Length { req: PartialRequest, remaining: u64 },
+    Chunked { req: PartialRequest, dec: ChunkDecoder },
+}
+
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(ChunkDecoder),
+    /// Ends when the server closes the connection.
+    UntilClose,
+    /// Bytes were not captured and the framing cannot be followed: ends at close or at the
+    /// next response head.
+    Lost,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    record: RequestRecord,
+    framing: Framing,
+    events: Option<EventSplitter>,
+    /// Non-streaming JSON body prefix, for a stated token count only.
+    json: Option<Vec<u8>>,
+    last_content_seq: u64,
+    last_write_ns: u64,
+}
+
+#[derive(Debug)]
+enum Outbound {
+    Unsynced,
+    Head { buf: HeadBuf, first_byte_ns: Option<u64> },
+    Body(Box<Exchange>),
+    /// Upgraded (WebSocket and the like): nothing more to follow on this connection.
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    inbound: Inbound,
+    outbound: Outbound,
+    pending: VecDeque<Pending>,
+    write_seq: u64,
+    pub counters: ParseCounters,
+}
+
+#[derive(Debug)]
+struct Pending {
+    head: RequestHead,
+    request_ns: u64,
+}
+
+impl Connection {
+    /// `fresh`: the connection was just accepted, so its first bytes are a request head.
+    /// Otherwise (joined an existing connection) wait for a read that starts with one.
+    pub fn new(fresh: bool) -> Self {
+        Self {
+            inbound: if fresh { Inbound::Head(HeadBuf::default()) } else { Inbound::Unsynced },
+            outbound: if fresh { Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None } } else { Outbound::Unsynced },
+            pending: VecDeque::new(),
+            write_seq: 0,
+            counters: ParseCounters::default(),
+        }
+    }
+
+    /// Requests read and not yet fully answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len() + usize::from(matches!(self.outbound, Outbound::Body(_)))
+    }
+
+    /// The server read `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
+    pub fn on_read(&mut self, ts_ns: u64, data: &[u8], len: u64) {
+        let mut rest = data;
+        loop {
+            match &mut self.inbound {
+                Inbound::Unsynced => {
+                    if rest.is_empty() || !head::looks_like_request(rest) {
+                        return; // the rest of this read is a body we cannot place
+                    }
+                    self.inbound = Inbound::Head(HeadBuf::default());
+                }
+                Inbound::Head(buf) => {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    match buf.feed(rest) {
+                        Ok(None) => {
+                            rest = &[];
+                        }
+                        Ok(Some(used)) => {
+                            rest = &rest[used..];
+                            let bytes = buf.take();
+                            match head::parse_request(&bytes) {
+                                Ok(req) => self.start_request(ts_ns, req),
+                                Err(_) => {
+                                    self.counters.bad_heads += 1;
+                                    self.inbound = Inbound::Unsynced;
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            self.counters.bad_heads += 1;
+                            self.inbound = Inbound::Unsynced;
+                            return;
+                        }
+                    }
+                }
+                Inbound::Length { remaining, .. } => {
+                    let n = (rest.len() as u64).min(*remaining);
+                    *remaining -= n;
+                    rest = &rest[n as usize..];
+                    if *remaining == 0 {
+                        self.finish_request(ts_ns);
+                    } else {
+                        break;
+                    }
+                }
+                Inbound::Chunked { dec, .. } => match dec.feed(rest, &mut |_| {}) {
+                    Ok(used) => {
+                        rest = &rest[used..];
+                        if dec.is_done() {
+                            self.finish_request(ts_ns);
+                        } else {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        self.counters.bad_chunks += 1;
+                        self.inbound = Inbound::Unsynced;
+                        return;
+                    }
+                },
+            }
+        }
+        let gap = len.saturating_sub(data.len() as u64);
+        if gap > 0 {
+            self.skip_inbound(ts_ns, gap);
+        }
+    }
+
+    fn skip_inbound(&mut self, ts_ns: u64, gap: u64) {
+        match &mut self.inbound {
+            Inbound::Length { remaining, .. } if gap <= *remaining => {
+                *remaining -= gap;
+                if *remaining == 0 {
+                    self.finish_request(ts_ns);
+                }
+            }
+            Inbound::Chunked { dec, .. } => {
+                if dec.skip(gap).is_err() {
+                    self.counters.framing_lost += 1;
+                    self.inbound = Inbound::Unsynced;
+                }
+            }
+            _ => {
+                self.counters.framing_lost += 1;
+                self.inbound = Inbound::Unsynced;
+            }
+        }
+    }
+
+    fn start_request(&mut self, ts_ns: u64, head: RequestHead) {
+        let req = PartialRequest { head };
+        self.inbound = if req.head.headers.chunked {
+            Inbound::Chunked { req, dec: ChunkDecoder::default() }
+        } else {
+            match req.head.headers.content_length {
+                Some(n) if n > 0 => Inbound::Length { req, remaining: n },
+                _ => {
+                    self.push_pending(req.head, ts_ns);
+                    Inbound::Head(HeadBuf::default())
+                }
+            }
+        };
+    }
+
+    fn finish_request(&mut self, ts_ns: u64) {
+        let inbound = std::mem::replace(&mut self.inbound, Inbound::Head(HeadBuf::default()));
+        match inbound {
+            Inbound::Length { req, .. } | Inbound::Chunked { req, .. } => self.push_pending(req.head, ts_ns),
+            other => self.inbound = other,
+        }
+    }
+
+    fn push_pending(&mut self, head: RequestHead, request_ns: u64) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.counters.aborted += 1;
+        }
+        self.pending.push_back(Pending { head, request_ns });
+    }
+
+    /// The server wrote `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
+    /// Finished exchanges are appended to `out`.
+    pub fn on_write(&mut self, ts_ns: u64, data: &[u8], len: u64, out: &mut Vec<RequestRecord>) {
+        self.write_seq += 1;
+        let seq = self.write_seq;
+        let mut rest = data;
+        while !rest.is_empty() {
+            match &mut self.outbound {
+                Outbound::Gone => return,
+                Outbound::Unsynced => {
+                    if !head::looks_like_response(rest) {
+                        return;
+                    }
+                    self.outbound = Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None };
+                }
+                Outbound::Head { buf, first_byte_ns } => {
+                    let first = *first_byte_ns.get_or_insert(ts_ns);
+                    match buf.feed(rest) {
+                        Ok(None) => rest = &[],
+                        Ok(Some(used)) => {
+                            rest = &rest[used..];
+                            let bytes = buf.take();
+                            match head::parse_response(&bytes) {
+                                Ok(resp) => self.start_response(first, ts_ns, resp, out),
+                                Err(_) => {
+                                    self.counters.bad_heads += 1;
+                                    self.outbound = Outbound::Unsynced;
+                                    return;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            self.counters.bad_heads += 1;
+                            self.outbound = Outbound::Unsynced;
+                            return;
+                        }
+                    }
+                }
+                Outbound::Body(ex) => {
+                    if matches!(ex.framing, Framing::Lost) && head::looks_like_response(rest) {
+                        self.finish_response(None, out);
+                        continue;
+                    }
+                    ex.last_write_ns = ts_ns;
+                    let used = match feed_body(ex, rest, ts_ns, seq, &mut self.counters) {
+                        Ok(used) => used,
+                        Err(()) => {
+                            self.counters.bad_chunks += 1;
+                            ex.framing = Framing::Lost;
+                            rest.len()
+                        }
+                    };
+                    rest = &rest[used..];
+                    let done = match &ex.framing {
+                        Framing::Length(0) => true,
+                        Framing::Chunked(dec) => dec.is_done(),
+                        _ => false,
+                    };
+                    if done {
+                        self.finish_response(Some(ts_ns), out);
+                    }
+                }
+            }
+        }
+        let gap = len.saturating_sub(data.len() as u64);
+        if gap > 0 {
+            self.skip_outbound(ts_ns, gap, out);
+        }
+    }
+
+    fn skip_outbound(&mut self, ts_ns: u64, gap: u64, out: &mut Vec<RequestRecord>) {
+        match &mut self.outbound {
+            Outbound::Body(ex) => {
+                ex.last_write_ns = ts_ns;
+                if let Some(ev) = &mut ex.events {
+                    ev.lose_sync();
+                }
+                let ok = match &mut ex.framing {
+                    Framing::Length(remaining) if gap <= *remaining => {
+                        *remaining -= gap;
+                        true
+                    }
+                    Framing::Chunked(dec) => dec.skip(gap).is_ok(),
+                    Framing::UntilClose | Framing::Lost => true,
+                    Framing::Length(_) => false,
+                };
+                if !ok {
+                    self.counters.framing_lost += 1;
+                    ex.framing = Framing::Lost;
+                } else if matches!(ex.framing, Framing::Length(0)) {
+                    self.finish_response(Some(ts_ns), out);
+                }
+            }
+            Outbound::Head { .. } => {
+                self.counters.framing_lost += 1;
+                self.outbound = Outbound::Unsynced;
+            }
+            Outbound::Unsynced | Outbound::Gone => {}
+        }
+    }
+
+    fn start_response(&mut self, first_byte_ns: u64, ts_ns: u64, resp: head::ResponseHead, out: &mut Vec<RequestRecord>) {
+        if resp.status == 101 {
+            self.counters.upgraded += 1;
+            self.outbound = Outbound::Gone;
+            return;
+        }
+        if (100..200).contains(&resp.status) {
+            // Interim response (100 Continue): the real head follows; its first byte is the one that counts.
+            self.outbound = Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None };
+            return;
+        }
+        let Some(req) = self.pending.pop_front() else {
+            self.counters.unmatched_responses += 1;
+            // Still follow the framing so the next exchange on this connection lines up.
+            self.outbound = Outbound::Unsynced;
+            return;
+        };
+        let h = &resp.headers;
+        let no_body = req.head.method == "HEAD" || resp.status == 204 || resp.status == 304;
+        let framing = if no_body {
+            Framing::Length(0)
+        } else if h.chunked {
+            Framing::Chunked(ChunkDecoder::default())
+        } else if let Some(n) = h.content_length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+        let events = if h.event_stream {
+            Some(EventSplitter::new(Format::Sse))
+        } else if h.ndjson {
+            Some(EventSplitter::new(Format::Ndjson))
+        } else {
+            None
+        };
+        let json = (events.is_none() && h.json).then(Vec::new);
+        let record = RequestRecord {
+            method: req.head.method,
+            path: req.head.path,
+            status: resp.status,
+            request_ns: req.request_ns,
+            first_byte_ns,
+            first_token_ns: None,
+            end_ns: ts_ns,
+            content_write_ns: Vec::new(),
+            chunks: 0,
+            tokens: None,
+            streaming: events.is_some(),
+        };
+        let done = matches!(framing, Framing::Length(0));
+        self.outbound = Outbound::Body(Box::new(Exchange { record, framing, events, json, last_content_seq: 0, last_write_ns: ts_ns }));
+        if done {
+            self.finish_response(Some(ts_ns), out);
+        }
+    }
+
+    /// Ends the current exchange: `end_ns` is the write that completed it, or for bodies
+    /// delimited by close (or lost framing) the last write seen.
+    fn finish_response(&mut self, end_ns: Option<u64>, out: &mut Vec<RequestRecord>) {
+        let outbound = std::mem::replace(&mut self.outbound, Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None });
+        let Outbound::Body(ex) = outbound else {
+            self.outbound = outbound;
+            return;
+        };
+        let mut ex = *ex;
+        if let Some(json) = &ex.json {
+            if let Some(t) = classify(json).tokens {
+                ex.record.tokens = Some(t);
+            }
+        }
+        if let Some(ev) = &ex.events {
+            self.counters.truncated_events += ev.truncated_events;
+        }
+        ex.record.end_ns = end_ns.unwrap_or(ex.last_write_ns);
+        ex.record.first_token_ns = ex.record.content_write_ns.first().copied();
+        out.push(ex.record);
+    }
+
+    /// The server closed the connection at `ts_ns`.
+    pub fn on_close(&mut self, _ts_ns: u64, out: &mut Vec<RequestRecord>) {
+        if let Outbound::Body(ex) = &self.outbound {
+            if matches!(ex.framing, Framing::UntilClose | Framing::Lost) {
+                self.finish_response(None, out);
+            } else {
+                self.counters.aborted += 1;
+            }
+        }
+        self.counters.aborted += self.pending.len() as u64;
+        self.pending.clear();
+        self.outbound = Outbound::Gone;
+        self.inbound = Inbound::Unsynced;
+    }
+}
+
+/// Feeds response body bytes through the framing and the event splitter. Returns how many bytes
+/// belonged to this body, or `Err` when the chunked framing is malformed.
+fn feed_body(ex: &mut Exchange, bytes: &[u8], ts_ns: u64, seq: u64, counters: &mut ParseCounters) -> Result<usize, ()> {
+    let Exchange { record, framing, events, json, last_content_seq, .. } = ex;
+    let mut on_body = |body: &[u8]| {
+        if let Some(ev) = events.as_mut() {
+            ev.feed(body, &mut |data| {
+                let c = classify(data);
+                if c.content {
+                    record.chunks += 1;
+                    if *last_content_seq != seq {
+                        *last_content_seq = seq;
+                        if record.content_write_ns.len() < MAX_CONTENT_WRITES {
+                            record.content_write_ns.push(ts_ns);
+                        } else {
+                            counters.content_writes_dropped += 1;
+                        }
+                    }
+                }
+                if c.tokens.is_some() {
+                    record.tokens = c.tokens;
+                }
+            });
+        } else if let Some(j) = json.as_mut() {
+            let room = MAX_EVENT_DATA.saturating_sub(j.len());
+            j.extend_from_slice(&body[..body.len().min(room)]);
+        }
+    };
+    match framing {
+        Framing::Length(remaining) => {
+            let n = (bytes.len() as u64).min(*remaining) as usize;
+            on_body(&bytes[..n]);
+            *remaining -= n as u64;
+            Ok(n)
+        }
+        Framing::Chunked(dec) => dec.feed(bytes, &mut on_body).map_err(|_| ()),
+        Framing::UntilClose | Framing::Lost => {
+            on_body(bytes);
+            Ok(bytes.len())
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! HTTP/1.1 exchange reconstruction from captured socket bytes: pure code, no I/O.
+//!
+//! Read order: [`head`] (start line + headers) → [`chunked`] (transfer decoding) → [`events`]
+//! (SSE / NDJSON event boundaries) → [`payload`] (is this event generated content? does it state
+//! a token count?) → [`conn`] (one connection's state machine, producing [`RequestRecord`]s).
+
+pub mod chunked;
+pub mod conn;
+pub mod events;
+pub mod head;
+pub mod payload;
+
+pub use conn::{Connection, ParseCounters, RequestRecord};
+
+#[cfg(test)]
+mod tests;

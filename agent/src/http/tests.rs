@@ -1,0 +1,210 @@
+//! Whole-exchange tests on recorded byte streams, split at every offset.
+
+use super::conn::{Connection, RequestRecord};
+
+const REQUEST: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-secret\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stream\":true}\n";
+
+/// A llama-server style stream: headers, role-only frame, N token frames each in its own chunk,
+/// a finish frame with timings, [DONE], terminating chunk. Returns the bytes and the offsets just
+/// past each content frame's blank line.
+fn llama_stream(tokens: usize, eol: &str) -> (Vec<u8>, Vec<usize>) {
+    let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n".to_vec();
+    let mut ends = Vec::new();
+    let chunk = |out: &mut Vec<u8>, frame: String, content: bool, ends: &mut Vec<usize>| {
+        out.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+        out.extend_from_slice(frame.as_bytes());
+        if content {
+            // Per the SSE spec a CR alone ends a line, so a CRLF-framed event is complete at its last CR.
+            ends.push(out.len() - usize::from(frame.ends_with("\r\n")));
+        }
+        out.extend_from_slice(b"\r\n");
+    };
+    chunk(&mut out, format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}]}}{eol}{eol}"), false, &mut ends);
+    for i in 0..tokens {
+        chunk(&mut out, format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}]}}{eol}{eol}"), true, &mut ends);
+    }
+    chunk(&mut out, format!("data: {{\"choices\":[{{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{{}}}}],\"timings\":{{\"prompt_n\":9,\"predicted_n\":{tokens}}}}}{eol}{eol}"), false, &mut ends);
+    chunk(&mut out, format!("data: [DONE]{eol}{eol}"), false, &mut ends);
+    out.extend_from_slice(b"0\r\n\r\n");
+    (out, ends)
+}
+
+fn run(reads: &[(u64, &[u8])], writes: &[(u64, &[u8])]) -> Vec<RequestRecord> {
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    for (ts, r) in reads {
+        c.on_read(*ts, r, r.len() as u64);
+    }
+    for (ts, w) in writes {
+        c.on_write(*ts, w, w.len() as u64, &mut out);
+    }
+    out
+}
+
+#[test]
+fn request_split_at_every_point() {
+    for k in 1..REQUEST.len() {
+        let recs = run(&[(10, &REQUEST[..k]), (20, &REQUEST[k..])], &[(30, b"HTTP/1.1 204 No Content\r\n\r\n")]);
+        assert_eq!(recs.len(), 1, "split {k}");
+        assert_eq!(recs[0].request_ns, 20, "request complete only with its last body byte (split {k})");
+        assert_eq!(recs[0].path, "/v1/chat/completions");
+        assert_eq!((recs[0].first_byte_ns, recs[0].end_ns, recs[0].status), (30, 30, 204));
+    }
+}
+
+#[test]
+fn stream_split_at_every_point() {
+    for eol in ["\n", "\r\n", "\r"] {
+        let (s, ends) = llama_stream(5, eol);
+        for k in 1..s.len() {
+            let recs = run(&[(1, REQUEST)], &[(100, &s[..k]), (200, &s[k..])]);
+            assert_eq!(recs.len(), 1, "eol {eol:?} split {k}");
+            let r = &recs[0];
+            let mut want = Vec::new();
+            if ends.iter().any(|&e| e <= k) {
+                want.push(100);
+            }
+            if ends.iter().any(|&e| e > k) {
+                want.push(200);
+            }
+            assert_eq!(r.content_write_ns, want, "eol {eol:?} split {k}");
+            assert_eq!(r.first_token_ns, want.first().copied());
+            assert_eq!((r.chunks, r.tokens, r.request_ns, r.first_byte_ns, r.end_ns), (5, Some(5), 1, 100, 200));
+            assert!(r.streaming);
+        }
+    }
+}
+
+#[test]
+fn stream_byte_by_byte_and_frames_per_write() {
+    let (s, ends) = llama_stream(7, "\n");
+    let writes: Vec<(u64, &[u8])> = s.iter().enumerate().map(|(i, b)| (i as u64 + 1, std::slice::from_ref(b))).collect();
+    let r = &run(&[(0, REQUEST)], &writes)[0];
+    let want: Vec<u64> = ends.iter().map(|&e| e as u64).collect(); // write i+1 carries byte i
+    assert_eq!(r.content_write_ns, want);
+    assert_eq!(r.end_ns, s.len() as u64);
+    // everything in one write: one content write carrying 7 chunks
+    let r = &run(&[(0, REQUEST)], &[(5, &s)])[0];
+    assert_eq!((r.content_write_ns.clone(), r.chunks), (vec![5], 7));
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let (s, _) = llama_stream(3, "\n");
+    let two_requests = [REQUEST, REQUEST].concat();
+    let recs = run(&[(1, &two_requests)], &[(10, &s), (20, &s)]);
+    assert_eq!(recs.len(), 2);
+    assert_eq!((recs[0].request_ns, recs[1].request_ns), (1, 1));
+    assert_eq!((recs[0].end_ns, recs[1].first_byte_ns), (10, 20));
+    // both responses in one write
+    let both = [s.clone(), s.clone()].concat();
+    let recs = run(&[(1, REQUEST), (2, REQUEST)], &[(30, &both)]);
+    assert_eq!(recs.iter().map(|r| (r.request_ns, r.chunks)).collect::<Vec<_>>(), vec![(1, 3), (2, 3)]);
+}
+
+#[test]
+fn close_delimited_body_ends_at_last_write() {
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    let mut exchange = |ts: u64, bytes: &[u8], out: &mut Vec<RequestRecord>| {
+        if ts == 1 {
+            c.on_read(ts, bytes, bytes.len() as u64)
+        } else {
+            c.on_write(ts, bytes, bytes.len() as u64, out)
+        }
+    };
+    exchange(1, b"GET /stream HTTP/1.0\r\n\r\n", &mut out);
+    exchange(2, b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: {\"content\":\"\"}\n\n", &mut out);
+    exchange(3, b"data: {\"content\":\"a\"}\n\n", &mut out);
+    exchange(4, b"data: {\"content\":\"b\"}\n\ndata: [DONE]\n\n", &mut out);
+    assert!(out.is_empty());
+    c.on_close(9, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].first_token_ns, out[0].end_ns, out[0].chunks, out[0].tokens), (Some(3), 4, 2, None));
+}
+
+#[test]
+fn plain_json_response_is_a_request_without_itl() {
+    let body = br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":12}}"#;
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let recs = run(&[(1, REQUEST)], &[(5, head.as_bytes()), (6, body)]);
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!((r.first_byte_ns, r.end_ns, r.first_token_ns, r.chunks, r.tokens, r.streaming), (5, 6, None, 0, Some(12), false));
+}
+
+#[test]
+fn interim_100_continue_and_head_requests() {
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    c.on_read(1, b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 61);
+    c.on_write(2, b"HTTP/1.1 100 Continue\r\n\r\n", 25, &mut out);
+    c.on_read(3, b"{}", 2);
+    c.on_write(4, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 38, &mut out);
+    assert_eq!((out[0].request_ns, out[0].first_byte_ns), (3, 4));
+    c.on_read(5, b"HEAD /y HTTP/1.1\r\n\r\n", 20);
+    c.on_write(6, b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", 40, &mut out);
+    assert_eq!((out.len(), out[1].end_ns), (2, 6));
+}
+
+#[test]
+fn truncated_capture_inside_chunk_keeps_framing() {
+    // A 6000-byte chunk of which only the first 100 bytes were captured.
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    c.on_read(1, REQUEST, REQUEST.len() as u64);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    c.on_write(2, head, head.len() as u64, &mut out);
+    let mut big = format!("{:x}\r\ndata: {{\"content\":\"", 6000 - 2).into_bytes();
+    big.extend(std::iter::repeat_n(b'x', 100));
+    let captured = big.len();
+    // chunk header (6) + chunk data (5998) + CRLF (2), of which `captured` bytes were copied
+    c.on_write(3, &big, 6 + 5998 + 2, &mut out);
+    assert!(captured < 6006);
+    assert_eq!(c.counters.framing_lost, 0);
+    c.on_write(4, b"b\r\ndata: \"z\"\n\n\r\n0\r\n\r\n", 23, &mut out);
+    assert_eq!(out.len(), 1, "the exchange still ends at its terminating chunk");
+    assert_eq!(out[0].content_write_ns, vec![4]);
+}
+
+#[test]
+fn garbage_never_panics_and_other_connections_are_unaffected() {
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (s, _) = llama_stream(4, "\n");
+    for _ in 0..2000 {
+        let mut junk = Connection::new(next() % 2 == 0);
+        let mut good = Connection::new(true);
+        let mut out = Vec::new();
+        let mut sink = Vec::new();
+        good.on_read(1, REQUEST, REQUEST.len() as u64);
+        for step in 0..8 {
+            let n = (next() % 300) as usize;
+            let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if next() % 3 == 0 {
+                // mutate real traffic rather than pure noise, to reach deeper states
+                bytes = s.clone();
+                let i = next() as usize % bytes.len();
+                bytes[i] = next() as u8;
+                bytes.truncate(next() as usize % (bytes.len() + 1));
+            }
+            let len = bytes.len() as u64 + next() % 3;
+            if next() % 2 == 0 {
+                junk.on_read(step, &bytes, len);
+            } else {
+                junk.on_write(step, &bytes, len, &mut sink);
+            }
+            if step == 3 {
+                good.on_write(10, &s, s.len() as u64, &mut out);
+            }
+        }
+        junk.on_close(99, &mut sink);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].chunks, 4);
+    }
+}
