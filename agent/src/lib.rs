@@ -1,4 +1,10 @@
 //! inferscope: out-of-process stream timing, stage latency, CPU profiles and GPU telemetry for
 //! inference servers. See ARCHITECTURE.md for the read order.
 
+pub mod attach;
+pub mod bpf;
+pub mod event;
 pub mod http;
+pub mod procfs;
+pub mod report;
+pub mod tracker;

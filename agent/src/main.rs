@@ -1,1 +1,87 @@
-fn main() {}
+//! Command line only: parse arguments, call into the library, print, exit with a clear code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use inferscope::attach::{attach, AttachOptions};
+
+#[derive(Parser)]
+#[command(name = "inferscope", version, about = "eBPF profiler for inference servers: TTFT, inter-token latency and more, out of process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to one running process and measure the streams it serves.
+    Attach {
+        /// Process to attach to.
+        #[arg(long)]
+        pid: u32,
+        /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Ring-buffer size in bytes (rounded up to a power-of-two number of pages).
+        #[arg(long, default_value_t = agent_common::DEFAULT_RING_BYTES)]
+        ring_buffer_bytes: u32,
+        /// Finished requests kept for the report (later ones are counted only).
+        #[arg(long, default_value_t = 100_000)]
+        max_requests: usize,
+        /// Rows in the terminal waterfall.
+        #[arg(long, default_value_t = 30)]
+        waterfall_rows: usize,
+        /// No live status line.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inferscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Attach { pid, duration, json, ring_buffer_bytes, max_requests, waterfall_rows, quiet } => {
+            if let Some(d) = duration {
+                anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
+            }
+            let opts = AttachOptions {
+                pid,
+                duration: duration.map(Duration::from_secs_f64),
+                ring_bytes: ring_buffer_bytes,
+                max_requests,
+                status: !quiet,
+                ..AttachOptions::default()
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = rt.block_on(attach(opts))?;
+            let width = terminal_width();
+            print!("{}", report.render(width, waterfall_rows));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report.to_json())?;
+                std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                eprintln!("inferscope: wrote {}", path.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120)
+}

@@ -1,0 +1,138 @@
+//! `inferscope attach --pid PID`: load probes, follow one process, report.
+//!
+//! Pipeline: kernel ring buffer → (polled every `poll_interval`) → [`Tracker`] (decode + per
+//! connection parsers) → finished [`RequestRecord`]s → [`Report`].
+
+use std::io::{IsTerminal as _, Write as _};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::unix::AsyncFd;
+
+use crate::bpf::SocketProbes;
+use crate::http::RequestRecord;
+use crate::procfs;
+use crate::report::Report;
+use crate::tracker::{Finished, Tracker};
+
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub pid: u32,
+    pub duration: Option<Duration>,
+    pub ring_bytes: u32,
+    /// Finished requests kept for the report; later ones are counted, not kept.
+    pub max_requests: usize,
+    pub poll_interval: Duration,
+    /// Print the live one-line status to stderr.
+    pub status: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            duration: None,
+            ring_bytes: agent_common::DEFAULT_RING_BYTES,
+            max_requests: 100_000,
+            poll_interval: Duration::from_millis(10),
+            status: true,
+        }
+    }
+}
+
+/// Runs until the duration elapses, Ctrl-C / SIGTERM, or the target exits; returns the report.
+pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
+    let target = procfs::target_info(opts.pid)?;
+    let pidfd = procfs::pidfd_open(opts.pid).with_context(|| format!("cannot watch process {}", opts.pid))?;
+    // SAFETY: the pidfd is an OwnedFd moved into the AsyncFd, so it stays open while registered.
+    let exited = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("cannot poll the target's pidfd: {e}"))?;
+
+    let mut probes = SocketProbes::load(opts.ring_bytes)?;
+    probes.add_target(opts.pid)?;
+    let mut tracker = Tracker::new();
+    // Probes are attached first, so a connection accepted from here on is seen by the accept
+    // tracepoint; connections already open are seeded from /proc.
+    let existing = procfs::inbound_connection_fds(opts.pid);
+    for &fd in &existing {
+        probes.track_connection(opts.pid, fd)?;
+        tracker.add_existing(opts.pid, fd);
+    }
+    let mut ring = probes.take_events()?;
+    log::info!(
+        "attached to pid {} ({}), following {} open inbound connection(s)",
+        opts.pid,
+        target.comm,
+        existing.len()
+    );
+
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut poll = tokio::time::interval(opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let tty = std::io::stderr().is_terminal();
+
+    let mut kept: Vec<RequestRecord> = Vec::new();
+    let mut not_kept = 0u64;
+    let mut finished: Vec<Finished> = Vec::new();
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, tracker: &mut Tracker, kept: &mut Vec<RequestRecord>, not_kept: &mut u64| {
+        while let Some(item) = ring.next() {
+            tracker.handle(&item, &mut finished);
+        }
+        for f in finished.drain(..) {
+            if kept.len() < opts.max_requests {
+                kept.push(f.record);
+            } else {
+                *not_kept += 1;
+            }
+        }
+    };
+
+    let ended_by = loop {
+        tokio::select! {
+            _ = poll.tick() => drain(&mut ring, &mut tracker, &mut kept, &mut not_kept),
+            _ = status_tick.tick(), if opts.status => {
+                let k = probes.counters();
+                let line = format!(
+                    "inferscope: pid {} {} | {:>5.0}s | requests {} | in flight {} | connections {} | events {} | lost {}",
+                    opts.pid, target.comm, started.elapsed().as_secs_f64(), kept.len() as u64 + not_kept,
+                    tracker.in_flight(), tracker.connections(), tracker.events.reads + tracker.events.writes, k.lost_total()
+                );
+                let mut err = std::io::stderr().lock();
+                if tty {
+                    let _ = write!(err, "\r\x1b[K{line}");
+                } else if started.elapsed().as_secs() % 10 == 0 {
+                    let _ = writeln!(err, "{line}");
+                }
+                let _ = err.flush();
+            }
+            _ = exited.readable() => break "target exited",
+            _ = tokio::signal::ctrl_c() => break "interrupted",
+            _ = sigterm.recv() => break "interrupted",
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break "duration",
+        }
+    };
+    if tty && opts.status {
+        eprintln!();
+    }
+    // The kernel may still hold records written before we stopped: take them all.
+    drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
+    let kernel = probes.counters();
+    let duration_s = started.elapsed().as_secs_f64();
+    let _ = probes.remove_target(opts.pid);
+    drop(probes); // detaches every program
+
+    kept.sort_by_key(|r| r.request_ns);
+    Ok(Report {
+        target,
+        requests: kept,
+        requests_not_kept: not_kept,
+        duration_s,
+        events: tracker.events,
+        kernel,
+        parse: tracker.parse_counters(),
+        ended_by: ended_by.to_string(),
+    })
+}

@@ -1,0 +1,278 @@
+//! The kernel boundary: loads the embedded eBPF object, attaches the socket tracepoints, and gives
+//! typed access to its maps. Everything above this module works on plain bytes and structs.
+
+use std::path::Path;
+
+use agent_common::{conn_key, counter, maps, EventKind};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfLoader,
+};
+
+/// The eBPF object built by `build.rs` from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferscope"));
+
+/// (program, tracepoint category, tracepoint name). Enter programs save the buffer, exit programs
+/// copy what really moved.
+const SOCKET_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("enter_read", "syscalls", "sys_enter_read"),
+    ("exit_read", "syscalls", "sys_exit_read"),
+    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("enter_readv", "syscalls", "sys_enter_readv"),
+    ("exit_readv", "syscalls", "sys_exit_readv"),
+    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("enter_write", "syscalls", "sys_enter_write"),
+    ("exit_write", "syscalls", "sys_exit_write"),
+    ("enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("enter_writev", "syscalls", "sys_enter_writev"),
+    ("exit_writev", "syscalls", "sys_exit_writev"),
+    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("exit_accept", "syscalls", "sys_exit_accept"),
+    ("exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("enter_close", "syscalls", "sys_enter_close"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "not allowed to load eBPF programs: run as root, or grant CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_RESOURCE (effective capabilities here: {effective})"
+    )]
+    MissingCapability { effective: String },
+    #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")]
+    NoTracefs(std::io::Error),
+    #[error("the kernel refused eBPF program `{program}`: {reason}")]
+    Verifier { program: String, reason: String },
+    #[error("cannot attach `{program}` to tracepoint {category}:{name}: {source}")]
+    Attach { program: String, category: String, name: String, source: ProgramError },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("eBPF program `{0}` is missing from the embedded object (build mismatch)")]
+    MissingProgram(String),
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub lost_reads: u64,
+    pub lost_writes: u64,
+    pub lost_accepts: u64,
+    pub lost_closes: u64,
+    pub args_map_full: u64,
+    pub conns_map_full: u64,
+    pub read_faults: u64,
+    pub truncated: u64,
+}
+
+impl KernelCounters {
+    pub fn lost_total(&self) -> u64 {
+        self.lost_reads + self.lost_writes + self.lost_accepts + self.lost_closes
+    }
+}
+
+pub struct SocketProbes {
+    ebpf: Ebpf,
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl SocketProbes {
+    /// Loads and attaches every socket tracepoint. `ring_bytes` sizes the ring buffer (rounded
+    /// up to a power-of-two number of pages).
+    pub fn load(ring_bytes: u32) -> Result<Self, ProbeError> {
+        check_privileges()?;
+        ensure_tracefs()?;
+        bump_memlock_rlimit();
+        let page = page_size();
+        let ring = ring_bytes.max(page).next_power_of_two();
+        let mut ebpf = EbpfLoader::new().map_max_entries(maps::EVENTS, ring).load(EBPF_OBJECT).map_err(|e| {
+            if is_permission_error(&e) {
+                ProbeError::MissingCapability { effective: effective_caps() }
+            } else {
+                ProbeError::Load(e)
+            }
+        })?;
+        // The eBPF side logs rare conditions (a full map) through aya-log; without its map the
+        // object still works, so a failure here is only a warning.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("eBPF log forwarding unavailable: {e}");
+                None
+            }
+        };
+        for &(program, category, name) in SOCKET_TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| ProbeError::MissingProgram(program.into()))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach { program: program.into(), category: category.into(), name: name.into(), source })?;
+            prog.load().map_err(|e| verifier_error(program, e))?;
+            prog.attach(category, name).map_err(|source| ProbeError::Attach {
+                program: program.into(),
+                category: category.into(),
+                name: name.into(),
+                source,
+            })?;
+        }
+        Ok(Self { ebpf, _logger: logger })
+    }
+
+    /// Takes the ring buffer out (once) for the reader task.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(maps::EVENTS).ok_or(ProbeError::Map {
+            name: maps::EVENTS,
+            source: aya::maps::MapError::InvalidName { name: maps::EVENTS.into() },
+        })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
+    }
+
+    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::TARGETS)?;
+        m.insert(tgid, 0, 0).map_err(|source| ProbeError::Map { name: maps::TARGETS, source })
+    }
+
+    pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::TARGETS)?;
+        match m.remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map { name: maps::TARGETS, source }),
+        }
+    }
+
+    /// Tracks a connection the target accepted before we attached.
+    pub fn track_connection(&mut self, tgid: u32, fd: i32) -> Result<(), ProbeError> {
+        let mut m: HashMap<_, u64, u32> = self.map_mut(maps::CONNS)?;
+        m.insert(conn_key(tgid, fd), 0, 0).map_err(|source| ProbeError::Map { name: maps::CONNS, source })
+    }
+
+    /// Drops every tracked connection of `tgid` (the process is gone); returns how many.
+    pub fn forget_connections(&mut self, tgid: u32) -> Result<usize, ProbeError> {
+        let mut m: HashMap<_, u64, u32> = self.map_mut(maps::CONNS)?;
+        let keys: Vec<u64> = m.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for k in &keys {
+            let _ = m.remove(k);
+        }
+        Ok(keys.len())
+    }
+
+    /// Entries in the connection map (for fill reporting).
+    pub fn tracked_connections(&self) -> usize {
+        self.ebpf
+            .map(maps::CONNS)
+            .and_then(|m| HashMap::<_, u64, u32>::try_from(m).ok())
+            .map_or(0, |m| m.keys().count())
+    }
+
+    pub fn counters(&self) -> KernelCounters {
+        let Some(map) = self.ebpf.map(maps::COUNTERS) else {
+            return KernelCounters::default();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return KernelCounters::default();
+        };
+        let get = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        KernelCounters {
+            lost_reads: get(counter::lost_for_kind(EventKind::Read as u16)),
+            lost_writes: get(counter::lost_for_kind(EventKind::Write as u16)),
+            lost_accepts: get(counter::lost_for_kind(EventKind::Accept as u16)),
+            lost_closes: get(counter::lost_for_kind(EventKind::Close as u16)),
+            args_map_full: get(counter::ARGS_FULL),
+            conns_map_full: get(counter::CONNS_FULL),
+            read_faults: get(counter::READ_FAULT),
+            truncated: get(counter::TRUNCATED),
+        }
+    }
+
+    fn map_mut<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self.ebpf.map_mut(name).ok_or(ProbeError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        })?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    }
+}
+
+fn verifier_error(program: &str, e: ProgramError) -> ProbeError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            // The verifier's reason is its last non-empty lines; the full log goes to debug.
+            log::debug!("verifier log for {program}:\n{log}");
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let reason = tail[tail.len().saturating_sub(3)..].join(" / ");
+            ProbeError::Verifier { program: program.into(), reason: format!("{io_error}: {reason}") }
+        }
+        other => ProbeError::Verifier { program: program.into(), reason: other.to_string() },
+    }
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("PermissionDenied") || text.contains("Operation not permitted")
+}
+
+/// CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn cap_eff() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+fn effective_caps() -> String {
+    match cap_eff() {
+        Some(c) => format!("{c:#x}"),
+        None => "unknown".into(),
+    }
+}
+
+/// Fails early, with what to do, when this process cannot load eBPF at all.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    let Some(caps) = cap_eff() else { return Ok(()) };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::MissingCapability { effective: effective_caps() })
+    }
+}
+
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    if Path::new("/sys/kernel/tracing/events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .map_err(ProbeError::NoTracefs)?;
+    if ok.success() && Path::new("/sys/kernel/tracing/events").exists() {
+        Ok(())
+    } else {
+        Err(ProbeError::NoTracefs(std::io::Error::other("mount -t tracefs failed")))
+    }
+}
+
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; lift it where we may.
+fn bump_memlock_rlimit() {
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) } != 0 {
+        log::debug!("could not lift RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u32 } else { 4096 }
+}

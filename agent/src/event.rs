@@ -1,0 +1,78 @@
+//! Decoding ring-buffer records: a pure function from bytes to a typed event, length-checked
+//! before any unaligned read, so a short or corrupt record is an error, never a panic.
+
+use agent_common::{EventHeader, EventKind, HEADER_LEN, MAX_CAPTURE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub kind: EventKind,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Bytes the syscall moved (may exceed `data.len()`).
+    pub len: u64,
+    /// Captured prefix of those bytes.
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+    #[error("record claims {claimed} payload bytes but carries {present}")]
+    Payload { claimed: usize, present: usize },
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked above; read_unaligned has no alignment requirement.
+    let h: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = EventKind::from_u16(h.kind).ok_or(DecodeError::Kind(h.kind))?;
+    let captured = h.captured as usize;
+    let present = bytes.len() - HEADER_LEN;
+    if captured > present || captured > MAX_CAPTURE || captured as u64 > h.len.max(captured as u64) {
+        return Err(DecodeError::Payload { claimed: captured, present });
+    }
+    Ok(Event {
+        kind,
+        ts_ns: h.ts_ns,
+        tgid: h.tgid,
+        tid: h.tid,
+        fd: h.fd,
+        len: h.len.max(captured as u64),
+        data: &bytes[HEADER_LEN..HEADER_LEN + captured],
+    })
+}
+
+/// Encodes an event the way the eBPF side does (tests, benchmarks, fuzzing).
+pub fn encode(kind: EventKind, ts_ns: u64, tgid: u32, fd: i32, len: u64, data: &[u8]) -> Vec<u8> {
+    let h = EventHeader { ts_ns, len, tgid, tid: tgid, fd, kind: kind as u16, captured: data.len() as u16 };
+    let mut out = vec![0u8; HEADER_LEN + data.len()];
+    // SAFETY: `out` has room for the header.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), h) };
+    out[HEADER_LEN..].copy_from_slice(data);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_truncation_is_an_error() {
+        let bytes = encode(EventKind::Write, 42, 7, 3, 100, b"HTTP/1.1 200 OK\r\n");
+        let e = decode(&bytes).unwrap();
+        assert_eq!((e.kind, e.ts_ns, e.tgid, e.fd, e.len, e.data), (EventKind::Write, 42, 7, 3, 100, &b"HTTP/1.1 200 OK\r\n"[..]));
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[28] = 99; // kind
+        assert_eq!(decode(&bad), Err(DecodeError::Kind(99)));
+    }
+}

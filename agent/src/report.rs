@@ -1,0 +1,348 @@
+//! The end-of-run report: per-request timings, percentile summaries, a terminal rendering with a
+//! per-request waterfall, and the JSON document written by `--json`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::bpf::KernelCounters;
+use crate::http::{ParseCounters, RequestRecord};
+use crate::tracker::EventCounters;
+
+const NS: f64 = 1e9;
+
+/// What we know about the target process. No command line: it may hold credentials.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+}
+
+/// One request as written to JSON: exactly the documented field names.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestJson {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub request_ns: u64,
+    pub first_byte_ns: u64,
+    pub first_token_ns: Option<u64>,
+    pub end_ns: u64,
+    pub ttfb_s: f64,
+    pub ttft_s: Option<f64>,
+    pub e2e_s: f64,
+    pub itl_s: Vec<f64>,
+    pub chunks: u64,
+    pub tokens: Option<u64>,
+}
+
+impl From<&RequestRecord> for RequestJson {
+    fn from(r: &RequestRecord) -> Self {
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / NS;
+        Self {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            status: r.status,
+            request_ns: r.request_ns,
+            first_byte_ns: r.first_byte_ns,
+            first_token_ns: r.first_token_ns,
+            end_ns: r.end_ns,
+            ttfb_s: secs(r.request_ns, r.first_byte_ns),
+            ttft_s: r.first_token_ns.map(|t| secs(r.request_ns, t)),
+            e2e_s: secs(r.request_ns, r.end_ns),
+            itl_s: r.content_write_ns.windows(2).map(|w| secs(w[0], w[1])).collect(),
+            chunks: r.chunks,
+            tokens: r.tokens,
+        }
+    }
+}
+
+/// p50/p90/p99/max/mean of a set of durations in seconds (nearest-rank percentiles).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Distribution {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Distribution {
+    pub fn of(mut v: Vec<f64>) -> Self {
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Self {
+            count: v.len(),
+            p50: rank(0.50),
+            p90: rank(0.90),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub requests: usize,
+    pub streaming_requests: usize,
+    pub duration_s: f64,
+    pub ttfb_s: Distribution,
+    pub ttft_s: Distribution,
+    pub itl_s: Distribution,
+    pub e2e_s: Distribution,
+    /// Content-bearing events per second over the run.
+    pub chunks_per_s: f64,
+    /// Stated completion tokens per second over the run (only requests whose stream states them).
+    pub tokens_per_s: Option<f64>,
+    /// Per request: content events per second between first token and end.
+    pub decode_chunks_per_s: Distribution,
+    pub requests_not_kept: u64,
+    pub events: EventCounters,
+    pub lost: KernelCounters,
+    pub parse: ParseCounters,
+    /// Why the run ended: "duration", "interrupted", "target exited".
+    pub ended_by: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub target: TargetInfo,
+    pub requests: Vec<RequestRecord>,
+    pub requests_not_kept: u64,
+    pub duration_s: f64,
+    pub events: EventCounters,
+    pub kernel: KernelCounters,
+    pub parse: ParseCounters,
+    pub ended_by: String,
+}
+
+impl Report {
+    pub fn summary(&self) -> Summary {
+        let js: Vec<RequestJson> = self.requests.iter().map(RequestJson::from).collect();
+        let total_chunks: u64 = self.requests.iter().map(|r| r.chunks).sum();
+        let stated: Vec<u64> = self.requests.iter().filter_map(|r| r.tokens).collect();
+        let per = |x: f64| if self.duration_s > 0.0 { x / self.duration_s } else { 0.0 };
+        Summary {
+            requests: js.len(),
+            streaming_requests: self.requests.iter().filter(|r| r.streaming).count(),
+            duration_s: self.duration_s,
+            ttfb_s: Distribution::of(js.iter().map(|r| r.ttfb_s).collect()),
+            ttft_s: Distribution::of(js.iter().filter_map(|r| r.ttft_s).collect()),
+            itl_s: Distribution::of(js.iter().flat_map(|r| r.itl_s.iter().copied()).collect()),
+            e2e_s: Distribution::of(js.iter().map(|r| r.e2e_s).collect()),
+            chunks_per_s: per(total_chunks as f64),
+            tokens_per_s: (!stated.is_empty()).then(|| per(stated.iter().sum::<u64>() as f64)),
+            decode_chunks_per_s: Distribution::of(
+                self.requests
+                    .iter()
+                    .filter_map(|r| {
+                        let first = r.first_token_ns?;
+                        let span = r.end_ns.saturating_sub(first) as f64 / NS;
+                        (r.chunks > 1 && span > 0.0).then(|| (r.chunks - 1) as f64 / span)
+                    })
+                    .collect(),
+            ),
+            requests_not_kept: self.requests_not_kept,
+            events: self.events,
+            lost: self.kernel,
+            parse: self.parse,
+            ended_by: self.ended_by.clone(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let requests: Vec<RequestJson> = self.requests.iter().map(RequestJson::from).collect();
+        serde_json::json!({
+            "target": self.target,
+            "requests": requests,
+            "summary": self.summary(),
+        })
+    }
+
+    /// The terminal report: summary table, then a waterfall of the last requests.
+    pub fn render(&self, width: usize, max_rows: usize) -> String {
+        let s = self.summary();
+        let mut o = String::new();
+        let _ = writeln!(o, "\ninferscope report — pid {} ({}) — {:.1} s, ended by {}", self.target.pid, self.target.comm, s.duration_s, s.ended_by);
+        let _ = writeln!(
+            o,
+            "requests {} ({} streaming)   chunks/s {:.1}   tokens/s {}   lost events {}",
+            s.requests,
+            s.streaming_requests,
+            s.chunks_per_s,
+            s.tokens_per_s.map_or("n/a (not stated by the stream)".into(), |t| format!("{t:.1}")),
+            s.lost.lost_total()
+        );
+        let _ = writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
+        for (name, d) in [
+            ("time to first byte", s.ttfb_s),
+            ("time to first token", s.ttft_s),
+            ("inter-token latency", s.itl_s),
+            ("end-to-end", s.e2e_s),
+        ] {
+            let _ = writeln!(o, "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", d.count, ms(d.p50), ms(d.p90), ms(d.p99), ms(d.max), ms(d.mean));
+        }
+        if s.decode_chunks_per_s.count > 0 {
+            let d = s.decode_chunks_per_s;
+            let _ = writeln!(o, "{:<22}{:>7}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}  (chunks/s per request)", "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean);
+        }
+        let p = &s.parse;
+        let problems = p.bad_heads + p.bad_chunks + p.framing_lost + p.unmatched_responses + p.aborted;
+        if problems > 0 || s.events.decode_errors > 0 || s.lost.lost_total() > 0 {
+            let _ = writeln!(
+                o,
+                "\nnot measured: lost events {} (reads {}, writes {}), non-HTTP heads {}, bad chunking {}, framing lost {}, responses without request {}, aborted {}, decode errors {}",
+                s.lost.lost_total(),
+                s.lost.lost_reads,
+                s.lost.lost_writes,
+                p.bad_heads,
+                p.bad_chunks,
+                p.framing_lost,
+                p.unmatched_responses,
+                p.aborted,
+                s.events.decode_errors
+            );
+        }
+        o.push_str(&self.waterfall(width, max_rows));
+        o
+    }
+
+    fn waterfall(&self, width: usize, max_rows: usize) -> String {
+        let mut o = String::new();
+        if self.requests.is_empty() {
+            o.push_str("\nno requests seen\n");
+            return o;
+        }
+        let shown = &self.requests[self.requests.len().saturating_sub(max_rows)..];
+        let longest = shown.iter().map(|r| r.end_ns.saturating_sub(r.request_ns)).max().unwrap_or(1).max(1);
+        let label_w = 28;
+        let bar_w = width.saturating_sub(label_w + 34).clamp(10, 80);
+        let _ = writeln!(
+            o,
+            "\nwaterfall (last {} of {} requests; bar = request → end, scale {} per char)\n  ░ waiting for first byte  ▒ first byte → first token  █ streaming  │ first token",
+            shown.len(),
+            self.requests.len(),
+            ms(longest as f64 / NS / bar_w as f64)
+        );
+        for r in shown {
+            let col = |t: u64| ((t.saturating_sub(r.request_ns) as f64 / longest as f64) * bar_w as f64).round() as usize;
+            let fb = col(r.first_byte_ns).min(bar_w);
+            let ft = r.first_token_ns.map(|t| col(t).min(bar_w));
+            let end = col(r.end_ns).clamp(1, bar_w);
+            let mut bar = String::new();
+            for i in 0..bar_w {
+                let ch = if i >= end {
+                    ' '
+                } else if ft == Some(i) {
+                    '│'
+                } else if i < fb {
+                    '░'
+                } else if ft.is_some_and(|f| i < f) {
+                    '▒'
+                } else if ft.is_some() {
+                    '█'
+                } else {
+                    '▒'
+                };
+                bar.push(ch);
+            }
+            let mut label = format!("{} {}", r.method, r.path);
+            if label.chars().count() > label_w - 1 {
+                label = label.chars().take(label_w - 2).collect::<String>() + "…";
+            }
+            let j = RequestJson::from(r);
+            let _ = writeln!(
+                o,
+                "{label:<label_w$}{bar} ttft {:>9} e2e {:>9} {:>4} ch",
+                j.ttft_s.map_or("-".into(), ms),
+                ms(j.e2e_s),
+                r.chunks
+            );
+        }
+        o
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s == 0.0 {
+        "0".into()
+    } else if s < 0.001 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 10.0 {
+        format!("{:.2}ms", s * 1e3)
+    } else {
+        format!("{s:.2}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(request: u64, fb: u64, ft: Option<u64>, writes: &[u64], end: u64) -> RequestRecord {
+        RequestRecord {
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            status: 200,
+            request_ns: request,
+            first_byte_ns: fb,
+            first_token_ns: ft,
+            end_ns: end,
+            content_write_ns: writes.to_vec(),
+            chunks: writes.len() as u64,
+            tokens: Some(writes.len() as u64),
+            streaming: true,
+        }
+    }
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let d = Distribution::of((1..=100).map(f64::from).collect());
+        assert_eq!((d.p50, d.p90, d.p99, d.max, d.mean), (50.0, 90.0, 99.0, 100.0, 50.5));
+        assert_eq!(Distribution::of(vec![]).count, 0);
+        assert_eq!(Distribution::of(vec![3.0]).p99, 3.0);
+    }
+
+    #[test]
+    fn json_fields_are_derived_from_timestamps() {
+        let r = rec(1_000_000_000, 1_001_000_000, Some(1_050_000_000), &[1_050_000_000, 1_057_000_000, 1_064_000_000], 1_070_000_000);
+        let j = RequestJson::from(&r);
+        assert!((j.ttfb_s - 0.001).abs() < 1e-12);
+        assert!((j.ttft_s.unwrap() - 0.050).abs() < 1e-12);
+        assert!((j.e2e_s - 0.070).abs() < 1e-12);
+        assert_eq!(j.itl_s.len(), 2);
+        assert!((j.itl_s[0] - 0.007).abs() < 1e-12);
+        let v = serde_json::to_value(&j).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec!["method", "path", "status", "request_ns", "first_byte_ns", "first_token_ns", "end_ns", "ttfb_s", "ttft_s", "e2e_s", "itl_s", "chunks", "tokens"];
+        want.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn render_has_table_and_waterfall() {
+        let report = Report {
+            target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into() },
+            requests: vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)],
+            requests_not_kept: 0,
+            duration_s: 1.0,
+            events: EventCounters::default(),
+            kernel: KernelCounters::default(),
+            parse: ParseCounters::default(),
+            ended_by: "duration".into(),
+        };
+        let text = report.render(100, 10);
+        assert!(text.contains("time to first token"));
+        assert!(text.contains("│"), "{text}");
+        assert!(text.contains("█"));
+        assert!(text.contains("50.00ms"));
+    }
+}

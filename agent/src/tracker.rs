@@ -1,0 +1,156 @@
+//! Routes decoded events to per-connection parsers, bounded, and keeps the counts the report and
+//! metrics need: events seen by kind, decode errors, connections the limit refused.
+
+use std::collections::HashMap;
+
+use agent_common::EventKind;
+
+use crate::event::{decode, Event};
+use crate::http::{Connection, ParseCounters, RequestRecord};
+
+/// Connections followed at once; the kernel map has the same capacity.
+pub const MAX_CONNECTIONS: usize = agent_common::limits::CONNS as usize;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct EventCounters {
+    pub reads: u64,
+    pub writes: u64,
+    pub accepts: u64,
+    pub closes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub decode_errors: u64,
+    /// Connections not followed because `MAX_CONNECTIONS` were already open.
+    pub connections_dropped: u64,
+}
+
+/// A finished exchange and the process it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub tgid: u32,
+    pub record: RequestRecord,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    conns: HashMap<(u32, i32), Connection>,
+    pub events: EventCounters,
+    /// Parse counters of connections already closed (live ones are added on demand).
+    closed: ParseCounters,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a connection that was open before we attached: its parser waits for the next
+    /// request line instead of assuming one.
+    pub fn add_existing(&mut self, tgid: u32, fd: i32) {
+        if self.conns.len() < MAX_CONNECTIONS {
+            self.conns.entry((tgid, fd)).or_insert_with(|| Connection::new(false));
+        }
+    }
+
+    /// Handles one raw ring-buffer record; finished exchanges are appended to `out`.
+    pub fn handle(&mut self, bytes: &[u8], out: &mut Vec<Finished>) {
+        match decode(bytes) {
+            Ok(ev) => self.handle_event(&ev, out),
+            Err(e) => {
+                self.events.decode_errors += 1;
+                log::debug!("dropping ring-buffer record: {e}");
+            }
+        }
+    }
+
+    pub fn handle_event(&mut self, ev: &Event<'_>, out: &mut Vec<Finished>) {
+        let key = (ev.tgid, ev.fd);
+        let mut records = Vec::new();
+        match ev.kind {
+            EventKind::Accept => {
+                self.events.accepts += 1;
+                // A reused fd number means the old connection is gone even if its close was lost.
+                if let Some(mut old) = self.conns.remove(&key) {
+                    old.on_close(ev.ts_ns, &mut records);
+                    add(&mut self.closed, &old.counters);
+                }
+                if self.conns.len() < MAX_CONNECTIONS {
+                    self.conns.insert(key, Connection::new(true));
+                } else {
+                    self.events.connections_dropped += 1;
+                }
+            }
+            EventKind::Close => {
+                self.events.closes += 1;
+                if let Some(mut c) = self.conns.remove(&key) {
+                    c.on_close(ev.ts_ns, &mut records);
+                    add(&mut self.closed, &c.counters);
+                }
+            }
+            EventKind::Read | EventKind::Write => {
+                let is_read = ev.kind == EventKind::Read;
+                if is_read {
+                    self.events.reads += 1;
+                    self.events.read_bytes += ev.len;
+                } else {
+                    self.events.writes += 1;
+                    self.events.write_bytes += ev.len;
+                }
+                if !self.conns.contains_key(&key) {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        self.events.connections_dropped += 1;
+                        return;
+                    }
+                    // Its accept record was lost, or it predates us: resynchronise on the next head.
+                    self.conns.insert(key, Connection::new(false));
+                }
+                let Some(conn) = self.conns.get_mut(&key) else { return };
+                if is_read {
+                    conn.on_read(ev.ts_ns, ev.data, ev.len);
+                } else {
+                    conn.on_write(ev.ts_ns, ev.data, ev.len, &mut records);
+                }
+            }
+        }
+        out.extend(records.into_iter().map(|record| Finished { tgid: ev.tgid, record }));
+    }
+
+    /// Forgets every connection of a process that is gone; their partial exchanges count as aborted.
+    pub fn forget_process(&mut self, tgid: u32) {
+        let keys: Vec<_> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
+        for k in keys {
+            if let Some(c) = self.conns.remove(&k) {
+                let mut c = c;
+                c.on_close(0, &mut Vec::new());
+                add(&mut self.closed, &c.counters);
+            }
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.conns.values().map(Connection::in_flight).sum()
+    }
+
+    pub fn parse_counters(&self) -> ParseCounters {
+        let mut total = self.closed;
+        for c in self.conns.values() {
+            add(&mut total, &c.counters);
+        }
+        total
+    }
+}
+
+fn add(total: &mut ParseCounters, c: &ParseCounters) {
+    total.bad_heads += c.bad_heads;
+    total.bad_chunks += c.bad_chunks;
+    total.framing_lost += c.framing_lost;
+    total.unmatched_responses += c.unmatched_responses;
+    total.aborted += c.aborted;
+    total.truncated_events += c.truncated_events;
+    total.content_writes_dropped += c.content_writes_dropped;
+    total.upgraded += c.upgraded;
+}
