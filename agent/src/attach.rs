@@ -119,6 +119,10 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     }
     // The kernel may still hold records written before we stopped: take them all.
     drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
+    if ended_by == "target exited" {
+        // Its sockets were closed by the kernel, not by close(2): no Close events will come.
+        tracker.forget_process(opts.pid);
+    }
     let kernel = probes.counters();
     let duration_s = started.elapsed().as_secs_f64();
     let _ = probes.remove_target(opts.pid);

@@ -1,0 +1,181 @@
+//! Shared harness for the privileged integration tests: start a real test server (Rust, Python
+//! or Node), attach the real `inferscope` binary to it (programs load into this kernel), drive
+//! load, stop the agent and read its JSON.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Checks root and serialises the privileged tests of one binary: on a 2-core machine, servers,
+/// agents and load clients of several tests at once would measure the scheduler, not us.
+pub fn require_root() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // These tests exist to load eBPF into the running kernel; they must not silently skip.
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged eBPF tests must run as root (`cargo xtask test` as root)");
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("inferscope-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Rust,
+    Python,
+    Node,
+}
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub truth: PathBuf,
+    pub kind: ServerKind,
+}
+
+impl Server {
+    pub fn start(kind: ServerKind, dir: &Path) -> Server {
+        let truth = dir.join(format!("{kind:?}-truth.jsonl").to_lowercase());
+        let root = workspace_root();
+        let mut cmd = match kind {
+            ServerKind::Rust => Command::new(root.join("target/release/sse-server")),
+            ServerKind::Python => {
+                let mut c = Command::new("python3");
+                c.arg(root.join("tests/servers/sse_server.py"));
+                c
+            }
+            ServerKind::Node => {
+                let mut c = Command::new("node");
+                c.arg(root.join("tests/servers/sse_server.js"));
+                c
+            }
+        };
+        cmd.args(["--port", "0", "--truth"]).arg(&truth).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?} server: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("{kind:?} server said {line:?}")).parse().unwrap();
+        Server { child, port, truth, kind }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn truth(&self) -> Vec<testbed::TruthRecord> {
+        testbed::read_truth(&self.truth).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub json: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Agent {
+    /// Starts `inferscope attach --pid PID` and waits until its probes are attached.
+    pub fn attach(pid: u32, json: &Path, extra: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_inferscope"))
+            .args(["attach", "--pid", &pid.to_string(), "--quiet", "--json"])
+            .arg(json)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Agent { child, json: json.to_path_buf(), stderr_lines: rx, log: Vec::new() };
+        let t0 = Instant::now();
+        loop {
+            match agent.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) => {
+                    let done = l.contains("attached to pid");
+                    agent.log.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = agent.child.try_wait() {
+                        panic!("inferscope exited before attaching ({status}): {:?}", agent.drain_log());
+                    }
+                    assert!(t0.elapsed() < Duration::from_secs(30), "inferscope did not attach in 30 s: {:?}", agent.log);
+                }
+            }
+        }
+        agent
+    }
+
+    fn drain_log(&mut self) -> Vec<String> {
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_millis(50)) {
+            self.log.push(l);
+        }
+        self.log.clone()
+    }
+
+    /// SIGINT, wait for the report, return the parsed JSON.
+    pub fn stop(mut self) -> serde_json::Value {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait_report()
+    }
+
+    /// Waits for the agent to end by itself (duration, target exit) and returns its JSON.
+    pub fn wait_report(mut self) -> serde_json::Value {
+        let status = self.child.wait().unwrap();
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out);
+        let log = self.drain_log();
+        assert!(status.success(), "inferscope failed ({status}): stdout {out}\nstderr {log:?}");
+        let text = std::fs::read_to_string(&self.json).unwrap_or_else(|e| panic!("no JSON report ({e}); stdout {out}"));
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Agent requests keyed by path.
+pub fn requests_by_path(report: &serde_json::Value) -> std::collections::HashMap<String, serde_json::Value> {
+    report["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["path"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty());
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

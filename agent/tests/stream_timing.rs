@@ -1,0 +1,99 @@
+//! Accuracy of stream timing against ground truth the servers record themselves, on three
+//! servers in three runtimes (Rust/tokio, Python stdlib threads, Node http), across framings:
+//! keep-alive chunked, close-delimited, split frames, several frames per write, headers with the
+//! first frame, CRLF and CR line ends, SSE comments, non-streaming JSON, 8 concurrent streams.
+//! Needs root: the real eBPF programs are loaded into this kernel.
+
+mod common;
+
+use common::*;
+
+/// (id prefix, query, concurrency, keep-alive, requests)
+const SCENARIOS: &[(&str, &str, usize, bool, usize)] = &[
+    ("ka", "tokens=12&interval_ms=4&prefill_ms=15", 8, true, 24),
+    ("split", "tokens=8&interval_ms=4&prefill_ms=10&split=1", 4, true, 8),
+    ("batch", "tokens=9&interval_ms=4&prefill_ms=10&batch=3", 4, true, 8),
+    ("coal", "tokens=6&interval_ms=4&prefill_ms=10&coalesce=1", 4, true, 8),
+    ("close", "tokens=6&interval_ms=4&prefill_ms=10&framing=close", 4, false, 8),
+    ("crlf", "tokens=6&interval_ms=4&prefill_ms=10&eol=crlf&comments=1", 4, true, 8),
+    ("cr", "tokens=6&interval_ms=4&prefill_ms=10&eol=cr", 2, true, 4),
+    ("json", "tokens=5&interval_ms=2&prefill_ms=5&framing=json", 2, true, 4),
+    ("nousage", "tokens=5&interval_ms=3&prefill_ms=5&usage=0&done=0", 2, true, 4),
+];
+
+const TTFT_TOLERANCE_S: f64 = 0.001;
+const ITL_MEDIAN_TOLERANCE_S: f64 = 0.0005;
+
+fn check_server(kind: ServerKind) {
+    let _serial = require_root();
+    let dir = scratch_dir(&format!("{kind:?}"));
+    let server = Server::start(kind, &dir);
+    let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
+    let mut sent = 0;
+    for (prefix, query, conc, ka, n) in SCENARIOS {
+        let s = testbed::run_load(&server.addr(), *n, *conc, *ka, query, prefix).unwrap();
+        assert_eq!(s.errors, 0, "{kind:?} {prefix}: load errors {:?}", s.results.iter().filter_map(|r| r.error.clone()).collect::<Vec<_>>());
+        sent += n;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = agent.stop();
+    let truth = server.truth();
+    assert_eq!(truth.len(), sent, "{kind:?}: the server recorded every request");
+    let got = requests_by_path(&report);
+    assert_eq!(got.len(), sent, "{kind:?}: the agent saw every request; summary {}", report["summary"]);
+
+    let mut worst_ttft: f64 = 0.0;
+    for (prefix, ..) in SCENARIOS {
+        let mut itl_err = Vec::new();
+        for t in truth.iter().filter(|t| t.id.starts_with(prefix) && t.id[prefix.len()..].chars().all(|c| c.is_ascii_digit())) {
+            let r = got.get(&t.path).unwrap_or_else(|| panic!("{kind:?}: no agent record for {}", t.path));
+            let ctx = format!("{kind:?} {}", t.path);
+            assert_eq!(r["status"], 200, "{ctx}");
+            assert_eq!(r["method"], "POST", "{ctx}");
+            assert_eq!(r["chunks"].as_u64().unwrap(), t.chunks as u64, "{ctx}: chunks");
+            assert_eq!(r["tokens"].as_u64(), t.tokens.map(u64::from), "{ctx}: tokens");
+            // Each timestamp separately, then the derived durations.
+            let truth_ttft = t.first_token_ns.map(|ft| (ft - t.request_ns) as f64 / 1e9);
+            match (r["ttft_s"].as_f64(), truth_ttft) {
+                (Some(a), Some(b)) => {
+                    assert!((a - b).abs() <= TTFT_TOLERANCE_S, "{ctx}: ttft agent {a} truth {b}");
+                    worst_ttft = worst_ttft.max((a - b).abs());
+                }
+                (None, None) => {}
+                other => panic!("{ctx}: ttft presence differs {other:?}"),
+            }
+            let truth_e2e = (t.end_ns - t.request_ns) as f64 / 1e9;
+            assert!((r["e2e_s"].as_f64().unwrap() - truth_e2e).abs() <= TTFT_TOLERANCE_S, "{ctx}: e2e");
+            let truth_ttfb = (t.first_byte_ns - t.request_ns) as f64 / 1e9;
+            assert!((r["ttfb_s"].as_f64().unwrap() - truth_ttfb).abs() <= TTFT_TOLERANCE_S, "{ctx}: ttfb");
+            let content: Vec<u64> = t.writes.iter().filter(|w| w.content_events > 0).map(|w| w.ts_ns).collect();
+            let truth_itl: Vec<f64> = content.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect();
+            let itl: Vec<f64> = r["itl_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(itl.len(), truth_itl.len(), "{ctx}: one gap per pair of content writes");
+            itl_err.extend(itl.iter().zip(&truth_itl).map(|(a, b)| (a - b).abs()));
+        }
+        if !itl_err.is_empty() {
+            let m = median(itl_err);
+            assert!(m <= ITL_MEDIAN_TOLERANCE_S, "{kind:?} {prefix}: median ITL error {m}");
+        }
+    }
+    eprintln!("{kind:?}: {sent} requests, worst TTFT error {:.1} µs", worst_ttft * 1e6);
+    let lost = &report["summary"]["lost"];
+    assert_eq!(lost["lost_writes"], 0);
+    assert_eq!(lost["lost_reads"], 0);
+}
+
+#[test]
+fn rust_tokio_server_matches_ground_truth() {
+    check_server(ServerKind::Rust);
+}
+
+#[test]
+fn python_stdlib_server_matches_ground_truth() {
+    check_server(ServerKind::Python);
+}
+
+#[test]
+fn node_http_server_matches_ground_truth() {
+    check_server(ServerKind::Node);
+}
