@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +30,12 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// setup + build, then overhead benchmarks (with/without the agent, alternating) and criterion.
+    Bench {
+        /// Alternating pairs of runs per load level.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// setup + build, then attach to a bundled example server, drive streamed requests, report.
     Demo {
@@ -53,6 +61,13 @@ fn main() -> Result<()> {
             build()?;
             test(&args)
         }
+        Cmd::Bench { rounds } => {
+            setup()?;
+            build()?;
+            bench::overhead(rounds)?;
+            step("bench: criterion (userspace decode throughput)");
+            run(Command::new("cargo").args(["bench", "-p", "inferscope", "--bench", "decode"]))
+        }
         Cmd::Demo { requests, json } => {
             setup()?;
             build()?;
@@ -65,11 +80,11 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     eprintln!("\x1b[1m==> {what}\x1b[0m");
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -178,7 +193,7 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -1,0 +1,149 @@
+//! Whole-process overhead: the same streaming load against the Rust test server with and without
+//! `inferscope attach`, alternating runs, reported as ratios. The tracepoints run in the server's
+//! own context, so the server's CPU time per event, with minus without, is the kernel-side cost
+//! per traced syscall; the agent's own CPU and peak RSS are read from /proc.
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{step, KillOnDrop};
+
+struct Level {
+    name: &'static str,
+    concurrency: usize,
+    requests: usize,
+    query: &'static str,
+}
+
+const LEVELS: &[Level] = &[
+    // ~10k events/s: 10 streams, one token per millisecond each.
+    Level { name: "paced ~10k events/s", concurrency: 10, requests: 10, query: "tokens=3000&interval_ms=1&prefill_ms=0" },
+    // As fast as the server can write.
+    Level { name: "max events/s", concurrency: 4, requests: 8, query: "tokens=20000&interval_ms=0&prefill_ms=0" },
+];
+
+#[derive(Default, Clone, Copy)]
+struct Sample {
+    events_per_s: f64,
+    server_cpu_ns_per_event: f64,
+    agent_cpu_share: f64,
+    agent_rss_kib: u64,
+}
+
+fn clk_tck() -> f64 {
+    100.0 // USER_HZ on Linux
+}
+
+/// utime + stime of a process, ns.
+fn cpu_ns(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / clk_tck() * 1e9)
+}
+
+fn rss_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
+    let mut server = Command::new("target/release/sse-server")
+        .args(["--port", "0", "--truth", "/dev/null"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = server.stdout.take().context("stdout")?;
+    let server = KillOnDrop(server);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let port: u16 = line.trim().strip_prefix("LISTENING ").context("LISTENING")?.parse()?;
+    let pid = server.0.id();
+
+    let agent = if with_agent {
+        let mut a = Command::new("target/release/inferscope")
+            .args(["attach", "--pid", &pid.to_string(), "--quiet", "--max-requests", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let err = a.stderr.take().context("stderr")?;
+        let mut reader = std::io::BufReader::new(err);
+        let mut l = String::new();
+        while reader.read_line(&mut l)? > 0 && !l.contains("attached to pid") {
+            l.clear();
+        }
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Some(KillOnDrop(a))
+    } else {
+        None
+    };
+    let agent_cpu0 = agent.as_ref().map(|a| cpu_ns(a.0.id())).transpose()?;
+    let cpu0 = cpu_ns(pid)?;
+    let t0 = Instant::now();
+    let out = Command::new("target/release/load-client")
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--requests", &level.requests.to_string()])
+        .args(["--concurrency", &level.concurrency.to_string(), "--keepalive", "--query", level.query])
+        .output()?;
+    let wall = t0.elapsed();
+    if !out.status.success() {
+        bail!("load-client failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let cpu = cpu_ns(pid)? - cpu0;
+    let tokens: f64 = level.query.split('&').find_map(|kv| kv.strip_prefix("tokens=")).context("tokens")?.parse()?;
+    let events = tokens * level.requests as f64;
+    let mut s = Sample { events_per_s: events / wall.as_secs_f64(), server_cpu_ns_per_event: cpu / events, ..Sample::default() };
+    if let (Some(a), Some(c0)) = (&agent, agent_cpu0) {
+        s.agent_cpu_share = (cpu_ns(a.0.id())? - c0) / wall.as_nanos() as f64;
+        s.agent_rss_kib = rss_hwm_kib(a.0.id());
+    }
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(s)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+pub fn overhead(rounds: usize) -> Result<()> {
+    for level in LEVELS {
+        step(&format!("bench: {} — {rounds} alternating pairs (without, with agent)", level.name));
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            // Alternate which goes first so drift (thermal, page cache) does not favour one side.
+            let (a, b) = if i % 2 == 0 { (false, true) } else { (true, false) };
+            for w in [a, b] {
+                let s = one_run(level, w)?;
+                eprintln!(
+                    "  {:<8} {:>10.0} events/s  server {:>7.0} ns CPU/event{}",
+                    if w { "agent" } else { "baseline" },
+                    s.events_per_s,
+                    s.server_cpu_ns_per_event,
+                    if w { format!("  agent {:.2}% of a core, peak RSS {} KiB", s.agent_cpu_share * 100.0, s.agent_rss_kib) } else { String::new() }
+                );
+                if w { with.push(s) } else { without.push(s) }
+            }
+        }
+        let rate = |v: &[Sample]| mean(&v.iter().map(|s| s.events_per_s).collect::<Vec<_>>());
+        let cpu = |v: &[Sample]| mean(&v.iter().map(|s| s.server_cpu_ns_per_event).collect::<Vec<_>>());
+        let (r0, r1) = (rate(&without), rate(&with));
+        let (c0, c1) = (cpu(&without), cpu(&with));
+        println!(
+            "RESULT {}: throughput with/without = {:.4} ({:+.2}%), server CPU per event {:.0} → {:.0} ns (+{:.0} ns per traced write), agent CPU {:.2}% of a core, agent peak RSS {:.1} MiB",
+            level.name,
+            r1 / r0,
+            (r1 / r0 - 1.0) * 100.0,
+            c0,
+            c1,
+            c1 - c0,
+            mean(&with.iter().map(|s| s.agent_cpu_share * 100.0).collect::<Vec<_>>()),
+            with.iter().map(|s| s.agent_rss_kib).max().unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
