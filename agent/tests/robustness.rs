@@ -109,7 +109,17 @@ fn clear_errors_for_missing_pid_and_missing_privileges() {
     // Same binary as an unprivileged user: refuses with what to do, before touching the kernel.
     let me = std::process::id().to_string();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", bin, "attach", "--pid", &me, "--quiet"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            bin,
+            "attach",
+            "--pid",
+            &me,
+            "--quiet",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -65,7 +65,12 @@ impl Server {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?} server: {e}"));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("{kind:?} server said {line:?}")).parse().unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("{kind:?} server said {line:?}"))
+            .parse()
+            .unwrap();
         Server { child, port, truth, kind }
     }
 
@@ -131,7 +136,11 @@ impl Agent {
                     if let Ok(Some(status)) = agent.child.try_wait() {
                         panic!("inferscope exited before attaching ({status}): {:?}", agent.drain_log());
                     }
-                    assert!(t0.elapsed() < Duration::from_secs(30), "inferscope did not attach in 30 s: {:?}", agent.log);
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(30),
+                        "inferscope did not attach in 30 s: {:?}",
+                        agent.log
+                    );
                 }
             }
         }
