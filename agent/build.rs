@@ -12,9 +12,6 @@ fn main() -> anyhow::Result<()> {
     let root = root.to_str().context("non-UTF-8 path to agent-ebpf")?;
     println!("cargo:rerun-if-changed={root}/src");
     println!("cargo:rerun-if-changed=../agent-common/src");
-    build_ebpf(
-        [Package { name: "agent-ebpf", root_dir: root, ..Default::default() }],
-        Toolchain::Custom("nightly"),
-    )
-    .context("building the eBPF programs failed; run `cargo xtask setup` once to install rust-src and bpf-linker")
+    build_ebpf([Package { name: "agent-ebpf", root_dir: root, ..Default::default() }], Toolchain::Custom("nightly"))
+        .context("building the eBPF programs failed; run `cargo xtask setup` once to install rust-src and bpf-linker")
 }

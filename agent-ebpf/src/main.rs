@@ -11,8 +11,8 @@
 #![no_main]
 
 use agent_common::{
-    conn_key, counter, limits, BufShape, EventHeader, EventKind, SyscallArgs, DEFAULT_RING_BYTES,
-    HEADER_LEN, MAX_CAPTURE, MAX_IOVECS,
+    conn_key, counter, limits, BufShape, EventHeader, EventKind, SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN,
+    MAX_CAPTURE, MAX_IOVECS,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
@@ -86,14 +86,8 @@ fn save_args(ctx: &TracePointContext, kind: EventKind, shape: BufShape) -> u32 {
     if unsafe { CONNS.get(&conn_key(tgid, fd)) }.is_none() {
         return 0;
     }
-    let args = SyscallArgs {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        buf,
-        count,
-        fd,
-        kind: kind as u16,
-        shape: shape as u16,
-    };
+    let args =
+        SyscallArgs { ts_ns: unsafe { bpf_ktime_get_ns() }, buf, count, fd, kind: kind as u16, shape: shape as u16 };
     if ARGS.insert(&pid_tgid, &args, 0).is_err() {
         bump(counter::ARGS_FULL);
     }

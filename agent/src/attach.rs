@@ -77,7 +77,10 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     let mut kept: Vec<RequestRecord> = Vec::new();
     let mut not_kept = 0u64;
     let mut finished: Vec<Finished> = Vec::new();
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, tracker: &mut Tracker, kept: &mut Vec<RequestRecord>, not_kept: &mut u64| {
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+                     tracker: &mut Tracker,
+                     kept: &mut Vec<RequestRecord>,
+                     not_kept: &mut u64| {
         while let Some(item) = ring.next() {
             tracker.handle(&item, &mut finished);
         }

@@ -112,7 +112,12 @@ impl SocketProbes {
                 .program_mut(program)
                 .ok_or_else(|| ProbeError::MissingProgram(program.into()))?
                 .try_into()
-                .map_err(|source| ProbeError::Attach { program: program.into(), category: category.into(), name: name.into(), source })?;
+                .map_err(|source| ProbeError::Attach {
+                    program: program.into(),
+                    category: category.into(),
+                    name: name.into(),
+                    source,
+                })?;
             prog.load().map_err(|e| verifier_error(program, e))?;
             prog.attach(category, name).map_err(|source| ProbeError::Attach {
                 program: program.into(),
@@ -190,11 +195,14 @@ impl SocketProbes {
         }
     }
 
-    fn map_mut<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
-        let map = self.ebpf.map_mut(name).ok_or(ProbeError::Map {
-            name,
-            source: aya::maps::MapError::InvalidName { name: name.into() },
-        })?;
+    fn map_mut<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 }
@@ -274,5 +282,9 @@ fn bump_memlock_rlimit() {
 fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u32 } else { 4096 }
+    if p > 0 {
+        p as u32
+    } else {
+        4096
+    }
 }

@@ -67,7 +67,10 @@ mod tests {
     fn round_trip_and_every_truncation_is_an_error() {
         let bytes = encode(EventKind::Write, 42, 7, 3, 100, b"HTTP/1.1 200 OK\r\n");
         let e = decode(&bytes).unwrap();
-        assert_eq!((e.kind, e.ts_ns, e.tgid, e.fd, e.len, e.data), (EventKind::Write, 42, 7, 3, 100, &b"HTTP/1.1 200 OK\r\n"[..]));
+        assert_eq!(
+            (e.kind, e.ts_ns, e.tgid, e.fd, e.len, e.data),
+            (EventKind::Write, 42, 7, 3, 100, &b"HTTP/1.1 200 OK\r\n"[..])
+        );
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

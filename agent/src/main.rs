@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use inferscope::attach::{attach, AttachOptions};
 
 #[derive(Parser)]
-#[command(name = "inferscope", version, about = "eBPF profiler for inference servers: TTFT, inter-token latency and more, out of process")]
+#[command(
+    name = "inferscope",
+    version,
+    about = "eBPF profiler for inference servers: TTFT, inter-token latency and more, out of process"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -52,7 +52,8 @@ pub fn inbound_connection_fds(pid: u32) -> Vec<i32> {
             }
         }
     }
-    let inodes: HashSet<u64> = established.iter().filter(|r| listening.contains(&r.local_port)).map(|r| r.inode).collect();
+    let inodes: HashSet<u64> =
+        established.iter().filter(|r| listening.contains(&r.local_port)).map(|r| r.inode).collect();
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -106,7 +107,10 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 20 4 30 10 -1\n";
         assert_eq!(
             parse_tcp_table(text),
-            vec![TcpRow { local_port: 8080, state: 0x0A, inode: 12345 }, TcpRow { local_port: 8080, state: 0x01, inode: 12346 }]
+            vec![
+                TcpRow { local_port: 8080, state: 0x0A, inode: 12345 },
+                TcpRow { local_port: 8080, state: 0x01, inode: 12346 }
+            ]
         );
         assert_eq!(socket_inode("socket:[12346]"), Some(12346));
         assert_eq!(socket_inode("pipe:[1]"), None);

@@ -169,7 +169,11 @@ impl Report {
     pub fn render(&self, width: usize, max_rows: usize) -> String {
         let s = self.summary();
         let mut o = String::new();
-        let _ = writeln!(o, "\ninferscope report — pid {} ({}) — {:.1} s, ended by {}", self.target.pid, self.target.comm, s.duration_s, s.ended_by);
+        let _ = writeln!(
+            o,
+            "\ninferscope report — pid {} ({}) — {:.1} s, ended by {}",
+            self.target.pid, self.target.comm, s.duration_s, s.ended_by
+        );
         let _ = writeln!(
             o,
             "requests {} ({} streaming)   chunks/s {:.1}   tokens/s {}   lost events {}",
@@ -179,18 +183,32 @@ impl Report {
             s.tokens_per_s.map_or("n/a (not stated by the stream)".into(), |t| format!("{t:.1}")),
             s.lost.lost_total()
         );
-        let _ = writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
+        let _ =
+            writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
         for (name, d) in [
             ("time to first byte", s.ttfb_s),
             ("time to first token", s.ttft_s),
             ("inter-token latency", s.itl_s),
             ("end-to-end", s.e2e_s),
         ] {
-            let _ = writeln!(o, "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", d.count, ms(d.p50), ms(d.p90), ms(d.p99), ms(d.max), ms(d.mean));
+            let _ = writeln!(
+                o,
+                "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}",
+                d.count,
+                ms(d.p50),
+                ms(d.p90),
+                ms(d.p99),
+                ms(d.max),
+                ms(d.mean)
+            );
         }
         if s.decode_chunks_per_s.count > 0 {
             let d = s.decode_chunks_per_s;
-            let _ = writeln!(o, "{:<22}{:>7}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}  (chunks/s per request)", "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean);
+            let _ = writeln!(
+                o,
+                "{:<22}{:>7}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}  (chunks/s per request)",
+                "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean
+            );
         }
         let p = &s.parse;
         let problems = p.bad_heads + p.bad_chunks + p.framing_lost + p.unmatched_responses + p.aborted;
@@ -231,7 +249,8 @@ impl Report {
             ms(longest as f64 / NS / bar_w as f64)
         );
         for r in shown {
-            let col = |t: u64| ((t.saturating_sub(r.request_ns) as f64 / longest as f64) * bar_w as f64).round() as usize;
+            let col =
+                |t: u64| ((t.saturating_sub(r.request_ns) as f64 / longest as f64) * bar_w as f64).round() as usize;
             let fb = col(r.first_byte_ns).min(bar_w);
             let ft = r.first_token_ns.map(|t| col(t).min(bar_w));
             let end = col(r.end_ns).clamp(1, bar_w);
@@ -311,7 +330,13 @@ mod tests {
 
     #[test]
     fn json_fields_are_derived_from_timestamps() {
-        let r = rec(1_000_000_000, 1_001_000_000, Some(1_050_000_000), &[1_050_000_000, 1_057_000_000, 1_064_000_000], 1_070_000_000);
+        let r = rec(
+            1_000_000_000,
+            1_001_000_000,
+            Some(1_050_000_000),
+            &[1_050_000_000, 1_057_000_000, 1_064_000_000],
+            1_070_000_000,
+        );
         let j = RequestJson::from(&r);
         assert!((j.ttfb_s - 0.001).abs() < 1e-12);
         assert!((j.ttft_s.unwrap() - 0.050).abs() < 1e-12);
@@ -320,7 +345,21 @@ mod tests {
         assert!((j.itl_s[0] - 0.007).abs() < 1e-12);
         let v = serde_json::to_value(&j).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want = vec!["method", "path", "status", "request_ns", "first_byte_ns", "first_token_ns", "end_ns", "ttfb_s", "ttft_s", "e2e_s", "itl_s", "chunks", "tokens"];
+        let mut want = vec![
+            "method",
+            "path",
+            "status",
+            "request_ns",
+            "first_byte_ns",
+            "first_token_ns",
+            "end_ns",
+            "ttfb_s",
+            "ttft_s",
+            "e2e_s",
+            "itl_s",
+            "chunks",
+            "tokens",
+        ];
         want.sort();
         let mut keys = keys;
         keys.sort();

@@ -20,7 +20,12 @@ struct Level {
 
 const LEVELS: &[Level] = &[
     // ~10k events/s: 10 streams, one token per millisecond each.
-    Level { name: "paced ~10k events/s", concurrency: 10, requests: 10, query: "tokens=3000&interval_ms=1&prefill_ms=0" },
+    Level {
+        name: "paced ~10k events/s",
+        concurrency: 10,
+        requests: 10,
+        query: "tokens=3000&interval_ms=1&prefill_ms=0",
+    },
     // As fast as the server can write.
     Level { name: "max events/s", concurrency: 4, requests: 8, query: "tokens=20000&interval_ms=0&prefill_ms=0" },
 ];
@@ -49,7 +54,9 @@ fn cpu_ns(pid: u32) -> Result<f64> {
 fn rss_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -96,7 +103,11 @@ fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
     let cpu = cpu_ns(pid)? - cpu0;
     let tokens: f64 = level.query.split('&').find_map(|kv| kv.strip_prefix("tokens=")).context("tokens")?.parse()?;
     let events = tokens * level.requests as f64;
-    let mut s = Sample { events_per_s: events / wall.as_secs_f64(), server_cpu_ns_per_event: cpu / events, ..Sample::default() };
+    let mut s = Sample {
+        events_per_s: events / wall.as_secs_f64(),
+        server_cpu_ns_per_event: cpu / events,
+        ..Sample::default()
+    };
     if let (Some(a), Some(c0)) = (&agent, agent_cpu0) {
         s.agent_cpu_share = (cpu_ns(a.0.id())? - c0) / wall.as_nanos() as f64;
         s.agent_rss_kib = rss_hwm_kib(a.0.id());
@@ -124,9 +135,17 @@ pub fn overhead(rounds: usize) -> Result<()> {
                     if w { "agent" } else { "baseline" },
                     s.events_per_s,
                     s.server_cpu_ns_per_event,
-                    if w { format!("  agent {:.2}% of a core, peak RSS {} KiB", s.agent_cpu_share * 100.0, s.agent_rss_kib) } else { String::new() }
+                    if w {
+                        format!("  agent {:.2}% of a core, peak RSS {} KiB", s.agent_cpu_share * 100.0, s.agent_rss_kib)
+                    } else {
+                        String::new()
+                    }
                 );
-                if w { with.push(s) } else { without.push(s) }
+                if w {
+                    with.push(s)
+                } else {
+                    without.push(s)
+                }
             }
         }
         let rate = |v: &[Sample]| mean(&v.iter().map(|s| s.events_per_s).collect::<Vec<_>>());

@@ -114,7 +114,8 @@ fn setup() -> Result<()> {
     if !installed.lines().any(|l| l.starts_with("nightly")) {
         bail!("no nightly Rust toolchain; this machine kind ships one (see shared/ebpf-toolchain.md)");
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
@@ -126,10 +127,14 @@ fn setup() -> Result<()> {
 
     step("setup: Debian packages for tests");
     let wanted: &[(&str, &str)] = &[("python3", "python3"), ("node", "nodejs"), ("curl", "curl"), ("strace", "strace")];
-    let missing: Vec<&str> = wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> =
+        wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
-        run(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     Ok(())
 }
@@ -146,7 +151,9 @@ fn install_bpf_linker() -> Result<()> {
         let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         if name.starts_with("libLLVM") && name.contains(".so") {
             let mut magic = [0u8; 4];
-            if std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"\x7fELF" {
+            if std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+                && &magic == b"\x7fELF"
+            {
                 llvm = Some(path);
             }
         }

@@ -6,14 +6,26 @@ const MAX_SIZE_LINE: u32 = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// After the digits: chunk extensions or whitespace until LF.
-    SizeRest { value: u64, seen: u32 },
-    Data { remaining: u64 },
+    SizeRest {
+        value: u64,
+        seen: u32,
+    },
+    Data {
+        remaining: u64,
+    },
     /// Expecting the CRLF after a chunk's data (CR optional).
-    DataEnd { saw_cr: bool },
+    DataEnd {
+        saw_cr: bool,
+    },
     /// Trailer section after the last chunk; `line_len` is the current line's length.
-    Trailer { line_len: u32 },
+    Trailer {
+        line_len: u32,
+    },
     Done,
 }
 
@@ -55,11 +67,8 @@ impl ChunkDecoder {
                     body(&input[i..i + n]);
                     i += n;
                     let remaining = remaining - n as u64;
-                    self.state = if remaining == 0 {
-                        State::DataEnd { saw_cr: false }
-                    } else {
-                        State::Data { remaining }
-                    };
+                    self.state =
+                        if remaining == 0 { State::DataEnd { saw_cr: false } } else { State::Data { remaining } };
                 }
                 State::Size { value, digits } => {
                     let b = input[i];

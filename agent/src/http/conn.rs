@@ -69,8 +69,14 @@ enum Inbound {
     /// Joined mid-stream or after garbage: wait for a read that starts with a request line.
     Unsynced,
     Head(HeadBuf),
-    Length { req: PartialRequest, remaining: u64 },
-    Chunked { req: PartialRequest, dec: ChunkDecoder },
+    Length {
+        req: PartialRequest,
+        remaining: u64,
+    },
+    Chunked {
+        req: PartialRequest,
+        dec: ChunkDecoder,
+    },
 }
 
 #[derive(Debug)]
@@ -98,7 +104,10 @@ struct Exchange {
 #[derive(Debug)]
 enum Outbound {
     Unsynced,
-    Head { buf: HeadBuf, first_byte_ns: Option<u64> },
+    Head {
+        buf: HeadBuf,
+        first_byte_ns: Option<u64>,
+    },
     Body(Box<Exchange>),
     /// Upgraded (WebSocket and the like): nothing more to follow on this connection.
     Gone,
@@ -125,7 +134,11 @@ impl Connection {
     pub fn new(fresh: bool) -> Self {
         Self {
             inbound: if fresh { Inbound::Head(HeadBuf::default()) } else { Inbound::Unsynced },
-            outbound: if fresh { Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None } } else { Outbound::Unsynced },
+            outbound: if fresh {
+                Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None }
+            } else {
+                Outbound::Unsynced
+            },
             pending: VecDeque::new(),
             write_seq: 0,
             counters: ParseCounters::default(),
@@ -361,7 +374,13 @@ impl Connection {
         }
     }
 
-    fn start_response(&mut self, first_byte_ns: u64, ts_ns: u64, resp: head::ResponseHead, out: &mut Vec<RequestRecord>) {
+    fn start_response(
+        &mut self,
+        first_byte_ns: u64,
+        ts_ns: u64,
+        resp: head::ResponseHead,
+        out: &mut Vec<RequestRecord>,
+    ) {
         if resp.status == 101 {
             self.counters.upgraded += 1;
             self.outbound = Outbound::Gone;
@@ -411,7 +430,14 @@ impl Connection {
             streaming: events.is_some(),
         };
         let done = matches!(framing, Framing::Length(0));
-        self.outbound = Outbound::Body(Box::new(Exchange { record, framing, events, json, last_content_seq: 0, last_write_ns: ts_ns }));
+        self.outbound = Outbound::Body(Box::new(Exchange {
+            record,
+            framing,
+            events,
+            json,
+            last_content_seq: 0,
+            last_write_ns: ts_ns,
+        }));
         if done {
             self.finish_response(Some(ts_ns), out);
         }
@@ -420,7 +446,8 @@ impl Connection {
     /// Ends the current exchange: `end_ns` is the write that completed it, or for bodies
     /// delimited by close (or lost framing) the last write seen.
     fn finish_response(&mut self, end_ns: Option<u64>, out: &mut Vec<RequestRecord>) {
-        let outbound = std::mem::replace(&mut self.outbound, Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None });
+        let outbound =
+            std::mem::replace(&mut self.outbound, Outbound::Head { buf: HeadBuf::default(), first_byte_ns: None });
         let Outbound::Body(ex) = outbound else {
             self.outbound = outbound;
             return;

@@ -43,10 +43,7 @@ pub struct EventSplitter {
 // Manual Debug: the data buffer holds generated text, which must never reach a log.
 impl std::fmt::Debug for EventSplitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventSplitter")
-            .field("format", &self.format)
-            .field("buffered_bytes", &self.data.len())
-            .finish()
+        f.debug_struct("EventSplitter").field("format", &self.format).field("buffered_bytes", &self.data.len()).finish()
     }
 }
 

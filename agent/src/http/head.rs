@@ -126,7 +126,9 @@ pub fn looks_like_request(b: &[u8]) -> bool {
     let Some(sp) = b.iter().take(16).position(|&c| c == b' ') else {
         return false;
     };
-    sp > 0 && b[..sp].iter().all(|c| c.is_ascii_uppercase()) && matches!(b.get(sp + 1), Some(b'/') | Some(b'*') | Some(b'h'))
+    sp > 0
+        && b[..sp].iter().all(|c| c.is_ascii_uppercase())
+        && matches!(b.get(sp + 1), Some(b'/') | Some(b'*') | Some(b'h'))
 }
 
 pub fn looks_like_response(b: &[u8]) -> bool {
@@ -176,9 +178,7 @@ pub fn parse_response(head: &[u8]) -> Result<ResponseHead, HeadError> {
 }
 
 fn head_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    head.split(|&c| c == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty())
+    head.split(|&c| c == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.is_empty())
 }
 
 fn parse_headers<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Headers, HeadError> {
@@ -205,10 +205,7 @@ fn parse_headers<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Headers, H
             }
             h.content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            h.chunked = value
-                .split(|&c| c == b',')
-                .last()
-                .is_some_and(|v| trim(v).eq_ignore_ascii_case(b"chunked"));
+            h.chunked = value.split(|&c| c == b',').last().is_some_and(|v| trim(v).eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&c| c == b',') {
                 let t = trim(token);

@@ -9,26 +9,12 @@
 //! content when it is not empty and not `[DONE]`.
 
 /// Keys whose non-empty string value is generated output.
-const CONTENT_KEYS: &[&[u8]] = &[
-    b"content",
-    b"text",
-    b"reasoning_content",
-    b"reasoning",
-    b"thinking",
-    b"arguments",
-    b"partial_json",
-    b"response",
-];
+const CONTENT_KEYS: &[&[u8]] =
+    &[b"content", b"text", b"reasoning_content", b"reasoning", b"thinking", b"arguments", b"partial_json", b"response"];
 
 /// Keys whose integer value is the completion token count so far (last one wins).
-const TOKEN_KEYS: &[&[u8]] = &[
-    b"completion_tokens",
-    b"predicted_n",
-    b"tokens_predicted",
-    b"generated_tokens",
-    b"eval_count",
-    b"output_tokens",
-];
+const TOKEN_KEYS: &[&[u8]] =
+    &[b"completion_tokens", b"predicted_n", b"tokens_predicted", b"generated_tokens", b"eval_count", b"output_tokens"];
 
 /// Longest key we compare; longer keys match nothing.
 const MAX_KEY: usize = 32;
@@ -182,8 +168,13 @@ mod tests {
 
     #[test]
     fn tool_calls_tgi_anthropic_ollama() {
-        assert!(c(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#).content);
-        assert!(c(r#"{"index":1,"token":{"id":9,"text":"Hello","logprob":-0.1,"special":false},"generated_text":null}"#).content);
+        assert!(
+            c(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#).content
+        );
+        assert!(
+            c(r#"{"index":1,"token":{"id":9,"text":"Hello","logprob":-0.1,"special":false},"generated_text":null}"#)
+                .content
+        );
         assert!(c(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#).content);
         assert!(!c(r#"{"type":"message_start","message":{"content":[],"usage":{"output_tokens":1}}}"#).content);
         assert!(c(r#"{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}"#).content);

@@ -19,9 +19,21 @@ fn llama_stream(tokens: usize, eol: &str) -> (Vec<u8>, Vec<usize>) {
         }
         out.extend_from_slice(b"\r\n");
     };
-    chunk(&mut out, format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}]}}{eol}{eol}"), false, &mut ends);
+    chunk(
+        &mut out,
+        format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":null}}}}]}}{eol}{eol}"
+        ),
+        false,
+        &mut ends,
+    );
     for i in 0..tokens {
-        chunk(&mut out, format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}]}}{eol}{eol}"), true, &mut ends);
+        chunk(
+            &mut out,
+            format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" t{i}\"}}}}]}}{eol}{eol}"),
+            true,
+            &mut ends,
+        );
     }
     chunk(&mut out, format!("data: {{\"choices\":[{{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{{}}}}],\"timings\":{{\"prompt_n\":9,\"predicted_n\":{tokens}}}}}{eol}{eol}"), false, &mut ends);
     chunk(&mut out, format!("data: [DONE]{eol}{eol}"), false, &mut ends);
@@ -78,7 +90,8 @@ fn stream_split_at_every_point() {
 #[test]
 fn stream_byte_by_byte_and_frames_per_write() {
     let (s, ends) = llama_stream(7, "\n");
-    let writes: Vec<(u64, &[u8])> = s.iter().enumerate().map(|(i, b)| (i as u64 + 1, std::slice::from_ref(b))).collect();
+    let writes: Vec<(u64, &[u8])> =
+        s.iter().enumerate().map(|(i, b)| (i as u64 + 1, std::slice::from_ref(b))).collect();
     let r = &run(&[(0, REQUEST)], &writes)[0];
     let want: Vec<u64> = ends.iter().map(|&e| e as u64).collect(); // write i+1 carries byte i
     assert_eq!(r.content_write_ns, want);
@@ -130,7 +143,10 @@ fn plain_json_response_is_a_request_without_itl() {
     let recs = run(&[(1, REQUEST)], &[(5, head.as_bytes()), (6, body)]);
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
-    assert_eq!((r.first_byte_ns, r.end_ns, r.first_token_ns, r.chunks, r.tokens, r.streaming), (5, 6, None, 0, Some(12), false));
+    assert_eq!(
+        (r.first_byte_ns, r.end_ns, r.first_token_ns, r.chunks, r.tokens, r.streaming),
+        (5, 6, None, 0, Some(12), false)
+    );
 }
 
 #[test]
