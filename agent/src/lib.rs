@@ -7,4 +7,5 @@ pub mod event;
 pub mod http;
 pub mod procfs;
 pub mod report;
+pub mod symbols;
 pub mod tracker;
