@@ -23,6 +23,8 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     pub const ARGS: &str = "ARGS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const STAGE_EVENTS: &str = "STAGE_EVENTS";
+    pub const STAGE_STACKS: &str = "STAGE_STACKS";
 }
 
 /// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
@@ -30,6 +32,8 @@ pub mod limits {
     pub const TARGETS: u32 = 1024;
     pub const CONNS: u32 = 65536;
     pub const ARGS: u32 = 16384;
+    /// Threads with a probed call in progress.
+    pub const STAGE_STACKS: u32 = 16384;
 }
 
 /// What a ring-buffer record describes. Stable numeric ids: they are the wire format.
@@ -118,11 +122,58 @@ pub mod counter {
     pub const READ_FAULT: u32 = 7;
     /// Syscalls whose payload was longer than what was captured.
     pub const TRUNCATED: u32 = 8;
+    /// Stage records the ring buffer refused.
+    pub const STAGE_LOST: u32 = 9;
+    /// Calls nested deeper than `stage::MAX_DEPTH` (timed as part of their caller only).
+    pub const STAGE_TOO_DEEP: u32 = 10;
+    /// A return with no matching entry (probe attached mid-call, or unwinding skipped returns).
+    pub const STAGE_UNMATCHED: u32 = 11;
+    /// Threads not followed because `STAGE_STACKS` was full.
+    pub const STAGE_STACKS_FULL: u32 = 12;
     pub const COUNT: u32 = 16;
 
     pub const fn lost_for_kind(kind: u16) -> u32 {
         kind as u32
     }
+}
+
+/// Stage latency: uprobe at a function's entry, uretprobe at its return; the attach cookie is the
+/// stage id. Each thread keeps a small stack of calls in progress, so nesting and recursion time
+/// correctly and the return always pairs with the latest entry.
+pub mod stage {
+    /// Nesting depth followed per thread (power of two for masking).
+    pub const MAX_DEPTH: usize = 16;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageFrame {
+    pub start_ns: u64,
+    pub stage: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageStack {
+    /// Calls in progress, including ones deeper than `MAX_DEPTH` that are not stored.
+    pub depth: u32,
+    pub _pad: u32,
+    pub frames: [StageFrame; stage::MAX_DEPTH],
+}
+
+/// One finished call of a probed function.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageEvent {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The attach cookie: index of the stage in the agent's stage list.
+    pub stage: u32,
+    /// Probed calls still open below this one on the thread (0 = outermost).
+    pub depth: u32,
 }
 
 /// Key of `CONNS`: the connection `(tgid, fd)` packed in one u64.
@@ -136,4 +187,7 @@ mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding-dependent invariants.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SyscallArgs {}
+    unsafe impl aya::Pod for super::StageEvent {}
+    unsafe impl aya::Pod for super::StageStack {}
+    unsafe impl aya::Pod for super::StageFrame {}
 }

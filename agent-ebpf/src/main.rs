@@ -11,14 +11,15 @@
 #![no_main]
 
 use agent_common::{
-    conn_key, counter, limits, BufShape, EventHeader, EventKind, SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN,
-    MAX_CAPTURE, MAX_IOVECS,
+    conn_key, counter, limits, stage, BufShape, EventHeader, EventKind, StageEvent, StageFrame, StageStack,
+    SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::{map, tracepoint},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    EbpfContext as _,
 };
 use aya_log_ebpf::warn;
 
@@ -339,6 +340,105 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     }
     let _ = CONNS.remove(&key);
     conn_event(&ctx, EventKind::Close, fd, tgid, pid_tgid as u32)
+}
+
+// ---- stage latency (uprobes) ----
+
+#[map]
+static STAGE_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+#[map]
+static STAGE_STACKS: HashMap<u32, StageStack> = HashMap::with_max_entries(limits::STAGE_STACKS, 0);
+/// A zeroed stack to insert from (a `StageStack` is too big for the eBPF stack).
+#[map]
+static STAGE_ZERO: PerCpuArray<StageStack> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn thread_stack(tid: u32, create: bool) -> Option<&'static mut StageStack> {
+    if let Some(p) = STAGE_STACKS.get_ptr_mut(&tid) {
+        // SAFETY: map value pointer; only this thread's probes touch its entry.
+        return Some(unsafe { &mut *p });
+    }
+    if !create {
+        return None;
+    }
+    let zero = STAGE_ZERO.get_ptr(0)?;
+    // SAFETY: reading a map value we never write.
+    if STAGE_STACKS.insert(&tid, unsafe { &*zero }, 0).is_err() {
+        bump(counter::STAGE_STACKS_FULL);
+        return None;
+    }
+    // SAFETY: as above.
+    STAGE_STACKS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+#[uprobe]
+pub fn stage_enter(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context pointer comes from the kernel.
+    let stage = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(stack) = thread_stack(tid, true) else { return 0 };
+    let d = stack.depth as usize;
+    stack.depth += 1;
+    if d >= stage::MAX_DEPTH {
+        bump(counter::STAGE_TOO_DEEP);
+        return 0;
+    }
+    // SAFETY: helper without preconditions.
+    stack.frames[d & (stage::MAX_DEPTH - 1)] = StageFrame { start_ns: unsafe { bpf_ktime_get_ns() }, stage, _pad: 0 };
+    0
+}
+
+#[uretprobe]
+pub fn stage_exit(ctx: RetProbeContext) -> u32 {
+    // SAFETY: helper without preconditions.
+    let end_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the context pointer comes from the kernel.
+    let stage = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(stack) = thread_stack(pid_tgid as u32, false) else {
+        bump(counter::STAGE_UNMATCHED);
+        return 0;
+    };
+    if stack.depth == 0 {
+        bump(counter::STAGE_UNMATCHED);
+        return 0;
+    }
+    stack.depth -= 1;
+    let d = stack.depth as usize;
+    if d >= stage::MAX_DEPTH {
+        return 0; // a call too deep to store; its caller's time includes it
+    }
+    let frame = stack.frames[d & (stage::MAX_DEPTH - 1)];
+    if frame.stage != stage {
+        // Unwinding (exceptions, longjmp) skipped returns in between: the pairing is unknowable.
+        bump(counter::STAGE_UNMATCHED);
+        stack.depth = 0;
+        return 0;
+    }
+    let ev = StageEvent {
+        start_ns: frame.start_ns,
+        end_ns,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        stage,
+        depth: d as u32,
+    };
+    if STAGE_EVENTS.output::<StageEvent>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+        bump(counter::STAGE_LOST);
+    }
+    0
+}
+
+/// A thread that exits mid-call must leave nothing behind.
+#[tracepoint]
+pub fn sched_exit(ctx: TracePointContext) -> u32 {
+    let _ = ctx;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: read-only lookup.
+    if unsafe { STAGE_STACKS.get(&tid) }.is_some() {
+        let _ = STAGE_STACKS.remove(&tid);
+    }
+    0
 }
 
 #[cfg(not(test))]

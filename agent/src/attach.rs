@@ -12,7 +12,8 @@ use tokio::io::unix::AsyncFd;
 use crate::bpf::SocketProbes;
 use crate::http::RequestRecord;
 use crate::procfs;
-use crate::report::Report;
+use crate::report::{Report, StageReport};
+use crate::stages::{self, StageCollector, StageDef, StageResolver};
 use crate::tracker::{Finished, Tracker};
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct AttachOptions {
     pub poll_interval: Duration,
     /// Print the live one-line status to stderr.
     pub status: bool,
+    /// Functions to time (from `--stage` and `--profile`).
+    pub stages: Vec<StageDef>,
 }
 
 impl Default for AttachOptions {
@@ -36,6 +39,7 @@ impl Default for AttachOptions {
             max_requests: 100_000,
             poll_interval: Duration::from_millis(10),
             status: true,
+            stages: Vec::new(),
         }
     }
 }
@@ -59,6 +63,17 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         tracker.add_existing(opts.pid, fd);
     }
     let mut ring = probes.take_events()?;
+    let mut resolver = (!opts.stages.is_empty()).then(|| StageResolver::new(opts.pid, opts.stages.clone()));
+    let mut stage_ring = None;
+    if let Some(r) = &mut resolver {
+        let found = r.scan(true)?;
+        attach_stages(&mut probes, &r.defs().to_vec(), &found, opts.pid)?;
+        for d in r.pending() {
+            log::info!("stage `{}` waits for {} to be loaded", d.name, d.library.as_deref().unwrap_or("its library"));
+        }
+        stage_ring = Some(probes.take_stage_events()?);
+    }
+    let mut collector = StageCollector::default();
     log::info!(
         "attached to pid {} ({}), following {} open inbound connection(s)",
         opts.pid,
@@ -71,6 +86,7 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     let mut poll = tokio::time::interval(opts.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let tty = std::io::stderr().is_terminal();
 
@@ -95,7 +111,26 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
 
     let ended_by = loop {
         tokio::select! {
-            _ = poll.tick() => drain(&mut ring, &mut tracker, &mut kept, &mut not_kept),
+            _ = poll.tick() => {
+                drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
+                if let Some(sr) = &mut stage_ring {
+                    drain_stages(sr, &mut collector);
+                }
+            }
+            _ = rescan.tick(), if resolver.is_some() => {
+                // Libraries loaded since the last look (dlopen) get their probes now.
+                if let Some(r) = &mut resolver {
+                    match r.scan(false) {
+                        Ok(found) if !found.is_empty() => {
+                            if let Err(e) = attach_stages(&mut probes, &r.defs().to_vec(), &found, opts.pid) {
+                                log::warn!("{e}");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => log::warn!("{e}"),
+                    }
+                }
+            }
             _ = status_tick.tick(), if opts.status => {
                 let k = probes.counters();
                 let line = format!(
@@ -122,6 +157,9 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     }
     // The kernel may still hold records written before we stopped: take them all.
     drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
+    if let Some(sr) = &mut stage_ring {
+        drain_stages(sr, &mut collector);
+    }
     if ended_by == "target exited" {
         // Its sockets were closed by the kernel, not by close(2): no Close events will come.
         tracker.forget_process(opts.pid);
@@ -132,7 +170,21 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     drop(probes); // detaches every program
 
     kept.sort_by_key(|r| r.request_ns);
+    let stage_report = resolver.map(|r| {
+        let names: Vec<String> = r.defs().iter().map(|d| d.name.clone()).collect();
+        let prefill: Vec<Option<String>> = r.defs().iter().map(|d| d.prefill_name.clone()).collect();
+        let attribution = stages::attribute(&kept, &collector.calls, &names, &prefill);
+        let summaries = stages::summarize(&collector.calls, &attribution, &names, &prefill);
+        StageReport {
+            summaries,
+            attribution,
+            calls: collector.calls,
+            calls_not_kept: collector.not_kept,
+            pending: r.pending().iter().map(|d| d.name.clone()).collect(),
+        }
+    });
     Ok(Report {
+        stages: stage_report,
         target,
         requests: kept,
         requests_not_kept: not_kept,
@@ -142,4 +194,28 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         parse: tracker.parse_counters(),
         ended_by: ended_by.to_string(),
     })
+}
+
+fn attach_stages(
+    probes: &mut SocketProbes,
+    defs: &[StageDef],
+    found: &[stages::Attachment],
+    pid: u32,
+) -> anyhow::Result<()> {
+    for a in found {
+        probes.attach_stage(a.stage, &a.open_path, a.file_offset, pid, true)?;
+        let name = defs.get(a.stage as usize).map_or("?", |d| d.name.as_str());
+        log::info!("stage `{name}`: probing {} in {}", a.function, a.module.display());
+    }
+    Ok(())
+}
+
+fn drain_stages(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, collector: &mut StageCollector) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<agent_common::StageEvent>() {
+            // SAFETY: length checked; read_unaligned has no alignment requirement.
+            let ev: agent_common::StageEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            collector.push(&ev);
+        }
+    }
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use agent_common::{conn_key, counter, maps, EventKind};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        ProgramError, TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 
@@ -69,6 +72,10 @@ pub struct KernelCounters {
     pub conns_map_full: u64,
     pub read_faults: u64,
     pub truncated: u64,
+    pub stage_lost: u64,
+    pub stage_too_deep: u64,
+    pub stage_unmatched: u64,
+    pub stage_stacks_full: u64,
 }
 
 impl KernelCounters {
@@ -80,6 +87,9 @@ impl KernelCounters {
 pub struct SocketProbes {
     ebpf: Ebpf,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    stages_loaded: bool,
+    /// Uprobe links attached (entry and return counted separately).
+    pub uprobes_attached: usize,
 }
 
 impl SocketProbes {
@@ -126,7 +136,97 @@ impl SocketProbes {
                 source,
             })?;
         }
-        Ok(Self { ebpf, _logger: logger })
+        Ok(Self { ebpf, _logger: logger, stages_loaded: false, uprobes_attached: 0 })
+    }
+
+    /// Loads the stage programs (once) and the thread-exit cleanup tracepoint.
+    fn load_stage_programs(&mut self) -> Result<(), ProbeError> {
+        if self.stages_loaded {
+            return Ok(());
+        }
+        for name in ["stage_enter", "stage_exit"] {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram(name.into()))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach {
+                    program: name.into(),
+                    category: "uprobe".into(),
+                    name: name.into(),
+                    source,
+                })?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        let exit: &mut TracePoint = self
+            .ebpf
+            .program_mut("sched_exit")
+            .ok_or_else(|| ProbeError::MissingProgram("sched_exit".into()))?
+            .try_into()
+            .map_err(|source| ProbeError::Attach {
+                program: "sched_exit".into(),
+                category: "sched".into(),
+                name: "sched_process_exit".into(),
+                source,
+            })?;
+        exit.load().map_err(|e| verifier_error("sched_exit", e))?;
+        exit.attach("sched", "sched_process_exit").map_err(|source| ProbeError::Attach {
+            program: "sched_exit".into(),
+            category: "sched".into(),
+            name: "sched_process_exit".into(),
+            source,
+        })?;
+        self.stages_loaded = true;
+        Ok(())
+    }
+
+    /// Times every call of the function at `file_offset` in `binary` made by process `pid`,
+    /// reporting it as stage `stage` (the attach cookie). `with_return: false` counts entries
+    /// only (used where return probes are unsafe).
+    pub fn attach_stage(
+        &mut self,
+        stage: u32,
+        binary: &Path,
+        file_offset: u64,
+        pid: u32,
+        with_return: bool,
+    ) -> Result<(), ProbeError> {
+        self.load_stage_programs()?;
+        let scope = std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let programs: &[&str] = if with_return { &["stage_enter", "stage_exit"] } else { &["stage_enter"] };
+        for &name in programs {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::MissingProgram(name.into()))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach {
+                    program: name.into(),
+                    category: "uprobe".into(),
+                    name: name.into(),
+                    source,
+                })?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: Some(stage as u64),
+            };
+            prog.attach(point, binary, scope).map_err(|source| ProbeError::Attach {
+                program: name.into(),
+                category: "uprobe".into(),
+                name: format!("{}+{file_offset:#x}", binary.display()),
+                source,
+            })?;
+            self.uprobes_attached += 1;
+        }
+        Ok(())
+    }
+
+    pub fn take_stage_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(maps::STAGE_EVENTS).ok_or(ProbeError::Map {
+            name: maps::STAGE_EVENTS,
+            source: aya::maps::MapError::InvalidName { name: maps::STAGE_EVENTS.into() },
+        })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::STAGE_EVENTS, source })
     }
 
     /// Takes the ring buffer out (once) for the reader task.
@@ -192,6 +292,10 @@ impl SocketProbes {
             conns_map_full: get(counter::CONNS_FULL),
             read_faults: get(counter::READ_FAULT),
             truncated: get(counter::TRUNCATED),
+            stage_lost: get(counter::STAGE_LOST),
+            stage_too_deep: get(counter::STAGE_TOO_DEEP),
+            stage_unmatched: get(counter::STAGE_UNMATCHED),
+            stage_stacks_full: get(counter::STAGE_STACKS_FULL),
         }
     }
 

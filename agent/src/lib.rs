@@ -7,5 +7,6 @@ pub mod event;
 pub mod http;
 pub mod procfs;
 pub mod report;
+pub mod stages;
 pub mod symbols;
 pub mod tracker;

@@ -43,6 +43,13 @@ enum Command {
         /// No live status line.
         #[arg(long)]
         quiet: bool,
+        /// Time a function as a stage: NAME=SPEC, SPEC being SYMBOL, LIBRARY:SYMBOL or a glob on
+        /// demangled names (`*::tokenize`). Repeatable.
+        #[arg(long = "stage", value_name = "NAME=SPEC")]
+        stages: Vec<String>,
+        /// A named stage set (built in: llama.cpp, cuda) or a path to a .stages file. Repeatable.
+        #[arg(long = "profile", value_name = "NAME|FILE")]
+        profiles: Vec<String>,
     },
 }
 
@@ -60,7 +67,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Attach { pid, duration, json, ring_buffer_bytes, max_requests, waterfall_rows, quiet } => {
+        Command::Attach {
+            pid,
+            duration,
+            json,
+            ring_buffer_bytes,
+            max_requests,
+            waterfall_rows,
+            quiet,
+            stages,
+            profiles,
+        } => {
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
             }
@@ -70,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ring_bytes: ring_buffer_bytes,
                 max_requests,
                 status: !quiet,
+                stages: inferscope::stages::collect(&profiles, &stages)?,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

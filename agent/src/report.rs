@@ -5,8 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
 use crate::bpf::KernelCounters;
 use crate::http::{ParseCounters, RequestRecord};
+use crate::stages::stats::RequestStage;
+use crate::stages::{Attribution, StageCall, StageSummary};
 use crate::tracker::EventCounters;
 
 const NS: f64 = 1e9;
@@ -35,6 +39,20 @@ pub struct RequestJson {
     pub itl_s: Vec<f64>,
     pub chunks: u64,
     pub tokens: Option<u64>,
+    /// Stage calls attributed to this request (only when stages are probed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<BTreeMap<String, RequestStage>>,
+}
+
+/// Stage results of a run with `--stage`/`--profile`.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    pub summaries: Vec<StageSummary>,
+    pub attribution: Attribution,
+    pub calls: Vec<StageCall>,
+    pub calls_not_kept: u64,
+    /// Stages whose library never appeared.
+    pub pending: Vec<String>,
 }
 
 impl From<&RequestRecord> for RequestJson {
@@ -54,6 +72,7 @@ impl From<&RequestRecord> for RequestJson {
             itl_s: r.content_write_ns.windows(2).map(|w| secs(w[0], w[1])).collect(),
             chunks: r.chunks,
             tokens: r.tokens,
+            stages: None,
         }
     }
 }
@@ -120,9 +139,24 @@ pub struct Report {
     pub kernel: KernelCounters,
     pub parse: ParseCounters,
     pub ended_by: String,
+    pub stages: Option<StageReport>,
 }
 
 impl Report {
+    fn request_json(&self) -> Vec<RequestJson> {
+        self.requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut j = RequestJson::from(r);
+                if let Some(st) = &self.stages {
+                    j.stages = Some(st.attribution.per_request.get(i).cloned().unwrap_or_default());
+                }
+                j
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> Summary {
         let js: Vec<RequestJson> = self.requests.iter().map(RequestJson::from).collect();
         let total_chunks: u64 = self.requests.iter().map(|r| r.chunks).sum();
@@ -157,12 +191,70 @@ impl Report {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let requests: Vec<RequestJson> = self.requests.iter().map(RequestJson::from).collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "target": self.target,
-            "requests": requests,
+            "requests": self.request_json(),
             "summary": self.summary(),
-        })
+        });
+        if let Some(st) = &self.stages {
+            doc["stages"] = serde_json::to_value(&st.summaries).unwrap_or_default();
+            doc["stage_calls"] = serde_json::json!({
+                "shared": st.attribution.shared,
+                "outside_requests": st.attribution.outside,
+                "not_kept": st.calls_not_kept,
+                "never_attached": st.pending,
+                "lost": self.kernel.stage_lost,
+                "unmatched_returns": self.kernel.stage_unmatched,
+                "too_deep": self.kernel.stage_too_deep,
+            });
+        }
+        doc
+    }
+
+    fn render_stages(&self, o: &mut String, width: usize) {
+        let Some(st) = &self.stages else { return };
+        if st.summaries.is_empty() {
+            let _ = writeln!(o, "\nstages: no probed function was called");
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n{:<16}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>11}{:>11}",
+            "stage", "count", "mean", "std", "p50", "p90", "p99", "min", "max", "total", "self"
+        );
+        for s in &st.summaries {
+            let _ = writeln!(
+                o,
+                "{:<16}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>11}{:>11}",
+                s.name,
+                s.count,
+                ms(s.mean_s),
+                ms(s.std_s),
+                ms(s.p50_s),
+                ms(s.p90_s),
+                ms(s.p99_s),
+                ms(s.min_s),
+                ms(s.max_s),
+                ms(s.total_s),
+                ms(s.self_s)
+            );
+        }
+        let all_self: f64 = st.summaries.iter().map(|s| s.self_s).sum();
+        if all_self > 0.0 {
+            let bar_w = width.saturating_sub(34).clamp(10, 60);
+            let _ = writeln!(o, "\nwhere probed time goes (self time)");
+            for s in &st.summaries {
+                let share = s.self_s / all_self;
+                let n = (share * bar_w as f64).round() as usize;
+                let _ = writeln!(o, "  {:<16}{:<bar_w$} {:>5.1}%", s.name, "█".repeat(n), share * 100.0);
+            }
+        }
+        let shared: u64 = st.attribution.shared.values().map(|v| v.count).sum();
+        let outside: u64 = st.attribution.outside.values().map(|v| v.count).sum();
+        let _ = writeln!(o, "calls shared by several requests (batches): {shared}; outside any request: {outside}");
+        if !st.pending.is_empty() {
+            let _ = writeln!(o, "never attached (library not loaded): {}", st.pending.join(", "));
+        }
     }
 
     /// The terminal report: summary table, then a waterfall of the last requests.
@@ -227,6 +319,7 @@ impl Report {
                 s.events.decode_errors
             );
         }
+        self.render_stages(&mut o, width);
         o.push_str(&self.waterfall(width, max_rows));
         o
     }
@@ -283,8 +376,29 @@ impl Report {
                 ms(j.e2e_s),
                 r.chunks
             );
+            self.stage_rows(&mut o, r, label_w, bar_w, &col);
         }
         o
+    }
+
+    /// Under a request's bar: one row per stage, marking where its calls ran.
+    fn stage_rows(&self, o: &mut String, r: &RequestRecord, label_w: usize, bar_w: usize, col: &dyn Fn(u64) -> usize) {
+        let Some(st) = &self.stages else { return };
+        let Some(idx) = self.requests.iter().position(|x| std::ptr::eq(x, r)) else { return };
+        let mut rows: BTreeMap<&str, Vec<char>> = BTreeMap::new();
+        for (i, c) in st.calls.iter().enumerate() {
+            if st.attribution.call_request.get(i).copied().flatten() != Some(idx) {
+                continue;
+            }
+            let row = rows.entry(st.attribution.call_names[i].as_str()).or_insert_with(|| vec![' '; bar_w]);
+            let (a, b) = (col(c.start_ns).min(bar_w - 1), col(c.end_ns).min(bar_w - 1));
+            for cell in row.iter_mut().take(b + 1).skip(a) {
+                *cell = '▬';
+            }
+        }
+        for (name, row) in rows {
+            let _ = writeln!(o, "{:>label_w$}{}", format!("{name} "), row.into_iter().collect::<String>());
+        }
     }
 }
 
@@ -317,6 +431,8 @@ mod tests {
             chunks: writes.len() as u64,
             tokens: Some(writes.len() as u64),
             streaming: true,
+            read_tid: 1,
+            write_tid: 1,
         }
     }
 
@@ -377,6 +493,7 @@ mod tests {
             kernel: KernelCounters::default(),
             parse: ParseCounters::default(),
             ended_by: "duration".into(),
+            stages: None,
         };
         let text = report.render(100, 10);
         assert!(text.contains("time to first token"));

@@ -105,6 +105,7 @@ impl Tracker {
                     self.conns.insert(key, Connection::new(false));
                 }
                 let Some(conn) = self.conns.get_mut(&key) else { return };
+                conn.current_tid = ev.tid;
                 if is_read {
                     conn.on_read(ev.ts_ns, ev.data, ev.len);
                 } else {

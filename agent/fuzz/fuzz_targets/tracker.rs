@@ -9,7 +9,7 @@ use inferscope::tracker::Tracker;
 use libfuzzer_sys::fuzz_target;
 
 const GOOD_REQ: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}";
-const GOOD_RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n16\r\ndata: {\"content\":\"a\"}\n\n\r\n0\r\n\r\n";
+const GOOD_RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n17\r\ndata: {\"content\":\"a\"}\n\n\r\n0\r\n\r\n";
 
 fuzz_target!(|input: &[u8]| {
     let mut t = Tracker::new();

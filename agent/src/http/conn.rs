@@ -36,6 +36,10 @@ pub struct RequestRecord {
     pub tokens: Option<u64>,
     /// The body was an event stream (SSE or NDJSON).
     pub streaming: bool,
+    /// Thread that completed reading the request, and thread that wrote the response head
+    /// (stage calls on these threads belong to this request).
+    pub read_tid: u32,
+    pub write_tid: u32,
 }
 
 /// What went wrong or was skipped; summed over connections by the tracker.
@@ -120,12 +124,15 @@ pub struct Connection {
     pending: VecDeque<Pending>,
     write_seq: u64,
     pub counters: ParseCounters,
+    /// Thread of the syscall being fed (set by the caller before `on_read`/`on_write`).
+    pub current_tid: u32,
 }
 
 #[derive(Debug)]
 struct Pending {
     head: RequestHead,
     request_ns: u64,
+    read_tid: u32,
 }
 
 impl Connection {
@@ -142,6 +149,7 @@ impl Connection {
             pending: VecDeque::new(),
             write_seq: 0,
             counters: ParseCounters::default(),
+            current_tid: 0,
         }
     }
 
@@ -270,7 +278,7 @@ impl Connection {
             self.pending.pop_front();
             self.counters.aborted += 1;
         }
-        self.pending.push_back(Pending { head, request_ns });
+        self.pending.push_back(Pending { head, request_ns, read_tid: self.current_tid });
     }
 
     /// The server wrote `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
@@ -428,6 +436,8 @@ impl Connection {
             chunks: 0,
             tokens: None,
             streaming: events.is_some(),
+            read_tid: req.read_tid,
+            write_tid: self.current_tid,
         };
         let done = matches!(framing, Framing::Length(0));
         self.outbound = Outbound::Body(Box::new(Exchange {

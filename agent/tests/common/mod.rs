@@ -155,7 +155,7 @@ impl Agent {
     }
 
     /// SIGINT, wait for the report, return the parsed JSON.
-    pub fn stop(mut self) -> serde_json::Value {
+    pub fn stop(self) -> serde_json::Value {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.wait_report()
