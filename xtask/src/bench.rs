@@ -166,3 +166,90 @@ pub fn overhead(rounds: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Cost of one probed call (entry + return), ours vs bpftrace's latency histogram on the same
+/// function of the same target: the target times 100k calls of an empty function unprobed and
+/// then probed, so the difference per call is the probe's cost.
+pub fn uprobe_cost(rounds: usize) -> Result<()> {
+    step("bench: uprobe cost per entry+return pair, inferscope vs bpftrace (alternating)");
+    if Command::new("bpftrace").arg("--version").output().is_err() {
+        crate::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "bpftrace"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let dir = std::path::PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let exe = dir.join("stages");
+    crate::run(Command::new("cc").args(["-O2", "-g", "-pthread", "-o"]).arg(&exe).args([
+        "tests/targets/stages.c",
+        "tests/targets/stagefns.c",
+        "-ldl",
+    ]))?;
+    let exe = std::fs::canonicalize(&exe)?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        for use_bpftrace in if i % 2 == 0 { [false, true] } else { [true, false] } {
+            let cost = one_uprobe_run(&exe, use_bpftrace)?;
+            eprintln!("  {:<10} {cost:>8.0} ns per call", if use_bpftrace { "bpftrace" } else { "inferscope" });
+            if use_bpftrace {
+                theirs.push(cost)
+            } else {
+                ours.push(cost)
+            }
+        }
+    }
+    let (a, b) = (mean(&ours), mean(&theirs));
+    println!("RESULT uprobe entry+return: inferscope {a:.0} ns, bpftrace {b:.0} ns per call, ratio {:.2}", a / b);
+    Ok(())
+}
+
+fn one_uprobe_run(exe: &std::path::Path, use_bpftrace: bool) -> Result<f64> {
+    use std::io::Write as _;
+    let mut t = Command::new(exe).args(["1", "1", "1"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let mut stdin = t.stdin.take().context("stdin")?;
+    let mut out = std::io::BufReader::new(t.stdout.take().context("stdout")?);
+    let t = KillOnDrop(t);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    let pid = t.0.id().to_string();
+    let mut tool = if use_bpftrace {
+        let prog = format!(
+            "uprobe:{p}:stage_empty {{ @s[tid] = nsecs; }} uretprobe:{p}:stage_empty /@s[tid]/ {{ @ns = hist(nsecs - @s[tid]); delete(@s[tid]); }}",
+            p = exe.display()
+        );
+        Command::new("bpftrace").args(["-p", &pid, "-e", &prog]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?
+    } else {
+        Command::new("target/release/inferscope")
+            .args(["attach", "--pid", &pid, "--quiet", "--stage", "empty=stage_empty"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?
+    };
+    // Wait until attached: bpftrace prints "Attaching N probes..." on stdout, we log on stderr.
+    let marker = if use_bpftrace { "Attaching" } else { "attached to pid" };
+    let stream: Box<dyn std::io::Read + Send> = if use_bpftrace {
+        Box::new(tool.stdout.take().context("bpftrace stdout")?)
+    } else {
+        Box::new(tool.stderr.take().context("agent stderr")?)
+    };
+    let mut r = std::io::BufReader::new(stream);
+    let mut l = String::new();
+    while r.read_line(&mut l)? > 0 && !l.contains(marker) {
+        l.clear();
+    }
+    std::thread::spawn(move || for _ in r.lines() {});
+    let tool = KillOnDrop(tool);
+    std::thread::sleep(Duration::from_millis(if use_bpftrace { 1500 } else { 200 }));
+    writeln!(stdin)?;
+    line.clear();
+    out.read_line(&mut line)?;
+    let truth: serde_json::Value = serde_json::from_str(line.trim())?;
+    let _ = writeln!(stdin);
+    drop(tool);
+    drop(t);
+    let probed = truth["empty_probed_ns"].as_f64().context("empty_probed_ns")?;
+    let unprobed = truth["empty_unprobed_ns"].as_f64().context("empty_unprobed_ns")?;
+    Ok(probed - unprobed)
+}

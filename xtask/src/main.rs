@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod llama;
 
 #[derive(Parser)]
 struct Cli {
@@ -31,6 +32,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Fetch and build llama.cpp's llama-server with a small real model (cached in target/llama).
+    Llama,
     /// setup + build, then overhead benchmarks (with/without the agent, alternating) and criterion.
     Bench {
         /// Alternating pairs of runs per load level.
@@ -59,12 +62,21 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup()?;
             build()?;
+            let l = llama::ensure(&root)?;
+            std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
+            std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             test(&args)
+        }
+        Cmd::Llama => {
+            let l = llama::ensure(&root)?;
+            println!("{}\n{}", l.server.display(), l.model.display());
+            Ok(())
         }
         Cmd::Bench { rounds } => {
             setup()?;
             build()?;
             bench::overhead(rounds)?;
+            bench::uprobe_cost(rounds)?;
             step("bench: criterion (userspace decode throughput)");
             run(Command::new("cargo").args(["bench", "-p", "inferscope", "--bench", "decode"]))
         }
