@@ -25,6 +25,9 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const STAGE_EVENTS: &str = "STAGE_EVENTS";
     pub const STAGE_STACKS: &str = "STAGE_STACKS";
+    pub const PROFILE_PHASE: &str = "PROFILE_PHASE";
+    pub const SAMPLES: &str = "SAMPLES";
+    pub const STACKS: &str = "STACKS";
 }
 
 /// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
@@ -34,6 +37,10 @@ pub mod limits {
     pub const ARGS: u32 = 16384;
     /// Threads with a probed call in progress.
     pub const STAGE_STACKS: u32 = 16384;
+    /// Distinct (process, phase, user stack, kernel stack) sample keys.
+    pub const SAMPLES: u32 = 65536;
+    /// Distinct stacks (user and kernel together).
+    pub const STACKS: u32 = 32768;
 }
 
 /// What a ring-buffer record describes. Stable numeric ids: they are the wire format.
@@ -130,6 +137,10 @@ pub mod counter {
     pub const STAGE_UNMATCHED: u32 = 11;
     /// Threads not followed because `STAGE_STACKS` was full.
     pub const STAGE_STACKS_FULL: u32 = 12;
+    /// CPU samples dropped because `SAMPLES` was full.
+    pub const SAMPLES_FULL: u32 = 13;
+    /// Samples whose user stack could not be collected (or `STACKS` was full).
+    pub const USER_STACK_MISSING: u32 = 14;
     pub const COUNT: u32 = 16;
 
     pub const fn lost_for_kind(kind: u16) -> u32 {
@@ -176,6 +187,27 @@ pub struct StageEvent {
     pub depth: u32,
 }
 
+/// What a sampled process was doing, as far as its streams tell (set by userspace).
+pub mod phase {
+    pub const IDLE: u32 = 0;
+    /// At least one request waits for its first token.
+    pub const PREFILL: u32 = 1;
+    /// Requests are streaming, none waits for its first token.
+    pub const DECODE: u32 = 2;
+    pub const NAMES: [&str; 3] = ["idle", "prefill", "decode"];
+}
+
+/// Key of the in-kernel CPU sample counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    pub tgid: u32,
+    pub phase: u32,
+    /// Stack ids in `STACKS`; negative when the stack could not be collected.
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+}
+
 /// Key of `CONNS`: the connection `(tgid, fd)` packed in one u64.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: i32) -> u64 {
@@ -190,4 +222,5 @@ mod user {
     unsafe impl aya::Pod for super::StageEvent {}
     unsafe impl aya::Pod for super::StageStack {}
     unsafe impl aya::Pod for super::StageFrame {}
+    unsafe impl aya::Pod for super::SampleKey {}
 }

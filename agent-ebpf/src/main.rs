@@ -11,14 +11,14 @@
 #![no_main]
 
 use agent_common::{
-    conn_key, counter, limits, stage, BufShape, EventHeader, EventKind, StageEvent, StageFrame, StageStack,
+    conn_key, counter, limits, stage, BufShape, EventHeader, EventKind, SampleKey, StageEvent, StageFrame, StageStack,
     SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{map, perf_event, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext as _, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
@@ -437,6 +437,48 @@ pub fn sched_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: read-only lookup.
     if unsafe { STAGE_STACKS.get(&tid) }.is_some() {
         let _ = STAGE_STACKS.remove(&tid);
+    }
+    0
+}
+
+// ---- CPU sampling ----
+
+#[map]
+static PROFILE_PHASE: HashMap<u32, u32> = HashMap::with_max_entries(limits::TARGETS, 0);
+#[map]
+static SAMPLES: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(limits::SAMPLES, 0);
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(limits::STACKS, 0);
+
+const BPF_F_USER_STACK: u64 = 1 << 8;
+const BPF_NOEXIST: u64 = 1;
+
+/// One software cpu-clock sample on some CPU: counted in the kernel per (process, phase,
+/// stacks); userspace reads the counts, not one event per sample.
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    let Some(&phase) = (unsafe { PROFILE_PHASE.get(&tgid) }) else { return 0 };
+    let user_stack = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            bump(counter::USER_STACK_MISSING);
+            -1
+        }
+    };
+    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let key = SampleKey { tgid, phase, user_stack, kernel_stack };
+    // Per-CPU values: no atomics needed, userspace sums the CPUs.
+    if let Some(n) = SAMPLES.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a map value; nothing else writes it while we run.
+        unsafe { *n += 1 };
+    } else if SAMPLES.insert(&key, &1, BPF_NOEXIST).is_err() {
+        match SAMPLES.get_ptr_mut(&key) {
+            // SAFETY: as above (another CPU created the entry first).
+            Some(n) => unsafe { *n += 1 },
+            None => bump(counter::SAMPLES_FULL),
+        }
     }
     0
 }

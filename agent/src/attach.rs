@@ -28,6 +28,8 @@ pub struct AttachOptions {
     pub status: bool,
     /// Functions to time (from `--stage` and `--profile`).
     pub stages: Vec<StageDef>,
+    /// CPU sampling frequency; None = no CPU profile.
+    pub sample_hz: Option<u64>,
 }
 
 impl Default for AttachOptions {
@@ -40,6 +42,7 @@ impl Default for AttachOptions {
             poll_interval: Duration::from_millis(10),
             status: true,
             stages: Vec::new(),
+            sample_hz: None,
         }
     }
 }
@@ -74,6 +77,12 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         stage_ring = Some(probes.take_stage_events()?);
     }
     let mut collector = StageCollector::default();
+    if let Some(hz) = opts.sample_hz {
+        probes.start_profiler(opts.pid, hz)?;
+    }
+    let mut last_phase = agent_common::phase::IDLE;
+    let mut symbolizer = crate::symbols::Symbolizer::new();
+    let mut user_frames = crate::profile::UserFrames::new();
     log::info!(
         "attached to pid {} ({}), following {} open inbound connection(s)",
         opts.pid,
@@ -116,8 +125,21 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
                 if let Some(sr) = &mut stage_ring {
                     drain_stages(sr, &mut collector);
                 }
+                if opts.sample_hz.is_some() {
+                    let phase = tracker.phase(opts.pid);
+                    if phase != last_phase && probes.set_phase(opts.pid, phase).is_ok() {
+                        last_phase = phase;
+                    }
+                }
             }
-            _ = rescan.tick(), if resolver.is_some() => {
+            _ = rescan.tick(), if resolver.is_some() || opts.sample_hz.is_some() => {
+                if opts.sample_hz.is_some() {
+                    // Symbolize while the process (its maps, its files under /proc/PID/root) exists.
+                    match probes.read_samples() {
+                        Ok(raw) => crate::profile::symbolize_new(&raw, &mut symbolizer, &mut user_frames),
+                        Err(e) => log::warn!("reading CPU samples: {e}"),
+                    }
+                }
                 // Libraries loaded since the last look (dlopen) get their probes now.
                 if let Some(r) = &mut resolver {
                     match r.scan(false) {
@@ -165,6 +187,10 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         tracker.forget_process(opts.pid);
     }
     let kernel = probes.counters();
+    let cpu_profile = match opts.sample_hz {
+        Some(_) => Some(probes.read_samples()?),
+        None => None,
+    };
     let duration_s = started.elapsed().as_secs_f64();
     let _ = probes.remove_target(opts.pid);
     drop(probes); // detaches every program
@@ -183,7 +209,11 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
             pending: r.pending().iter().map(|d| d.name.clone()).collect(),
         }
     });
+    let cpu = cpu_profile.map(|raw| {
+        crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &crate::profile::Kallsyms::load(), &target.comm)
+    });
     Ok(Report {
+        cpu,
         stages: stage_report,
         target,
         requests: kept,

@@ -7,8 +7,9 @@ use agent_common::{conn_key, counter, maps, EventKind};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        ProgramError, TracePoint, UProbe,
+        PerfEvent, ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -76,6 +77,8 @@ pub struct KernelCounters {
     pub stage_too_deep: u64,
     pub stage_unmatched: u64,
     pub stage_stacks_full: u64,
+    pub samples_map_full: u64,
+    pub user_stack_missing: u64,
 }
 
 impl KernelCounters {
@@ -221,6 +224,79 @@ impl SocketProbes {
         Ok(())
     }
 
+    /// Samples every CPU at `hz` with the software cpu-clock (no hardware PMU needed); only
+    /// processes with a phase entry are counted.
+    pub fn start_profiler(&mut self, pid: u32, hz: u64) -> Result<(), ProbeError> {
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut("cpu_sample")
+            .ok_or_else(|| ProbeError::MissingProgram("cpu_sample".into()))?
+            .try_into()
+            .map_err(|source| ProbeError::Attach {
+                program: "cpu_sample".into(),
+                category: "perf_event".into(),
+                name: "cpu-clock".into(),
+                source,
+            })?;
+        prog.load().map_err(|e| verifier_error("cpu_sample", e))?;
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Attach {
+            program: "cpu_sample".into(),
+            category: "perf_event".into(),
+            name: "online cpus".into(),
+            source: ProgramError::IOError(e),
+        })?;
+        for cpu in cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .map_err(|source| ProbeError::Attach {
+                program: "cpu_sample".into(),
+                category: "perf_event".into(),
+                name: format!("cpu-clock on cpu {cpu}"),
+                source,
+            })?;
+        }
+        self.set_phase(pid, agent_common::phase::IDLE)
+    }
+
+    pub fn set_phase(&mut self, pid: u32, phase: u32) -> Result<(), ProbeError> {
+        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::PROFILE_PHASE)?;
+        m.insert(pid, phase, 0).map_err(|source| ProbeError::Map { name: maps::PROFILE_PHASE, source })
+    }
+
+    /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
+    pub fn read_samples(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+        let map = self.ebpf.map(maps::SAMPLES).ok_or(ProbeError::Map {
+            name: maps::SAMPLES,
+            source: aya::maps::MapError::InvalidName { name: maps::SAMPLES.into() },
+        })?;
+        let counts = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map)
+            .map_err(|source| ProbeError::Map { name: maps::SAMPLES, source })?;
+        let map = self.ebpf.map(maps::STACKS).ok_or(ProbeError::Map {
+            name: maps::STACKS,
+            source: aya::maps::MapError::InvalidName { name: maps::STACKS.into() },
+        })?;
+        let stacks =
+            aya::maps::StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::STACKS, source })?;
+        let mut raw = crate::profile::RawProfile::default();
+        for item in counts.iter().filter_map(Result::ok) {
+            let (key, per_cpu) = item;
+            let n: u64 = per_cpu.iter().sum();
+            raw.samples.push((key, n));
+            for id in [key.user_stack, key.kernel_stack] {
+                if id >= 0 && !raw.stacks.contains_key(&id) {
+                    if let Ok(st) = stacks.get(&(id as u32), 0) {
+                        raw.stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
+                    }
+                }
+            }
+        }
+        Ok(raw)
+    }
+
     pub fn take_stage_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.ebpf.take_map(maps::STAGE_EVENTS).ok_or(ProbeError::Map {
             name: maps::STAGE_EVENTS,
@@ -296,6 +372,8 @@ impl SocketProbes {
             stage_too_deep: get(counter::STAGE_TOO_DEEP),
             stage_unmatched: get(counter::STAGE_UNMATCHED),
             stage_stacks_full: get(counter::STAGE_STACKS_FULL),
+            samples_map_full: get(counter::SAMPLES_FULL),
+            user_stack_missing: get(counter::USER_STACK_MISSING),
         }
     }
 

@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod event;
 pub mod http;
 pub mod procfs;
+pub mod profile;
 pub mod report;
 pub mod stages;
 pub mod symbols;

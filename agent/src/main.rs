@@ -50,6 +50,15 @@ enum Command {
         /// A named stage set (built in: llama.cpp, cuda) or a path to a .stages file. Repeatable.
         #[arg(long = "profile", value_name = "NAME|FILE")]
         profiles: Vec<String>,
+        /// Sample the CPU and write a flamegraph SVG here (plus FILE.prefill.svg, FILE.decode.svg, FILE.idle.svg).
+        #[arg(long, value_name = "FILE.svg")]
+        flamegraph: Option<PathBuf>,
+        /// Write folded stacks here (and per phase: FILE.prefill…).
+        #[arg(long, value_name = "FILE")]
+        folded: Option<PathBuf>,
+        /// CPU sampling frequency in Hz (software cpu-clock).
+        #[arg(long, default_value_t = 99)]
+        frequency: u64,
     },
 }
 
@@ -77,7 +86,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             stages,
             profiles,
+            flamegraph,
+            folded,
+            frequency,
         } => {
+            anyhow::ensure!((1..=10_000).contains(&frequency), "--frequency must be 1..=10000 Hz");
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
             }
@@ -88,12 +101,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_requests,
                 status: !quiet,
                 stages: inferscope::stages::collect(&profiles, &stages)?,
+                sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(attach(opts))?;
             let width = terminal_width();
             print!("{}", report.render(width, waterfall_rows));
+            if let Some(cpu) = &report.cpu {
+                let title = format!("{} (pid {}) — {:.1} s", report.target.comm, report.target.pid, report.duration_s);
+                for p in inferscope::profile::write(cpu, flamegraph.as_deref(), folded.as_deref(), &title)? {
+                    eprintln!("inferscope: wrote {}", p.display());
+                }
+            }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report.to_json())?;
                 std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;

@@ -140,6 +140,8 @@ pub struct Report {
     pub parse: ParseCounters,
     pub ended_by: String,
     pub stages: Option<StageReport>,
+    /// Folded CPU samples per phase, when sampling ran.
+    pub cpu: Option<crate::profile::Folded>,
 }
 
 impl Report {
@@ -208,7 +210,40 @@ impl Report {
                 "too_deep": self.kernel.stage_too_deep,
             });
         }
+        if let Some(cpu) = &self.cpu {
+            doc["cpu"] = serde_json::json!({
+                "samples": cpu.samples,
+                "by_phase": cpu.by_phase.iter().map(|(p, s)| (p.clone(), s.values().sum::<u64>())).collect::<BTreeMap<_, _>>(),
+                "no_user_stack": cpu.no_user_stack,
+                "truncated": cpu.truncated,
+                "samples_map_full": self.kernel.samples_map_full,
+                "top_functions": crate::profile::top_functions(cpu, 20).into_iter().map(|(f, s, t)| serde_json::json!({"function": f, "self": s, "total": t})).collect::<Vec<_>>(),
+            });
+        }
         doc
+    }
+
+    fn render_cpu(&self, o: &mut String) {
+        let Some(cpu) = &self.cpu else { return };
+        let phases: Vec<String> = cpu
+            .by_phase
+            .iter()
+            .filter(|(p, _)| *p != "all")
+            .map(|(p, s)| format!("{p} {}", s.values().sum::<u64>()))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nCPU samples {} ({}); no user stack {:.1}%, truncated stacks {:.1}%",
+            cpu.samples,
+            phases.join(", "),
+            pct(cpu.no_user_stack, cpu.samples),
+            pct(cpu.truncated, cpu.samples)
+        );
+        let _ = writeln!(o, "{:<60}{:>8}{:>8}", "top functions", "self", "total");
+        for (f, s, t) in crate::profile::top_functions(cpu, 12) {
+            let name: String = if f.chars().count() > 58 { f.chars().take(57).collect::<String>() + "…" } else { f };
+            let _ = writeln!(o, "{name:<60}{:>7.1}%{:>7.1}%", s * 100.0, t * 100.0);
+        }
     }
 
     fn render_stages(&self, o: &mut String, width: usize) {
@@ -320,6 +355,7 @@ impl Report {
             );
         }
         self.render_stages(&mut o, width);
+        self.render_cpu(&mut o);
         o.push_str(&self.waterfall(width, max_rows));
         o
     }
@@ -399,6 +435,14 @@ impl Report {
         for (name, row) in rows {
             let _ = writeln!(o, "{:>label_w$}{}", format!("{name} "), row.into_iter().collect::<String>());
         }
+    }
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 * 100.0 / b as f64
     }
 }
 
@@ -494,6 +538,7 @@ mod tests {
             parse: ParseCounters::default(),
             ended_by: "duration".into(),
             stages: None,
+            cpu: None,
         };
         let text = report.render(100, 10);
         assert!(text.contains("time to first token"));

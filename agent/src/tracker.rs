@@ -136,6 +136,26 @@ impl Tracker {
         self.conns.values().map(Connection::in_flight).sum()
     }
 
+    /// The phase a process is in, as its streams tell: prefill while any request waits for its
+    /// first token, decode while others stream, idle otherwise.
+    pub fn phase(&self, tgid: u32) -> u32 {
+        let mut in_flight = 0;
+        for (k, c) in &self.conns {
+            if k.0 != tgid {
+                continue;
+            }
+            if c.awaiting_first_token() > 0 {
+                return agent_common::phase::PREFILL;
+            }
+            in_flight += c.in_flight();
+        }
+        if in_flight > 0 {
+            agent_common::phase::DECODE
+        } else {
+            agent_common::phase::IDLE
+        }
+    }
+
     pub fn parse_counters(&self) -> ParseCounters {
         let mut total = self.closed;
         for c in self.conns.values() {

@@ -232,7 +232,9 @@ fn rust_functions_by_demangled_glob() {
     assert_eq!(stage(&report, "tokenize")["count"], truth["tokenize_calls"]);
     assert_eq!(stage(&report, "decode")["count"], truth["decode_step_calls"]);
     let mean = stage(&report, "tokenize")["mean_s"].as_f64().unwrap();
-    assert!((100e-6..200e-6).contains(&mean), "tokenize spins 100 µs: {mean}");
+    let truth_mean = truth["tokenize_mean_ns"].as_f64().unwrap() / 1e9;
+    // 5 µs plus one probe pair's own cost (about 13 µs on this VM, measured by the C tests).
+    assert!((mean - truth_mean).abs() <= 5e-6 + 20e-6, "tokenize mean {mean} vs truth {truth_mean}");
 }
 
 fn agent_error(pid: u32, args: &[&str]) -> String {

@@ -62,6 +62,9 @@ pub struct StreamParams {
     pub comments: bool,
     pub usage: bool,
     pub done: bool,
+    /// Burn CPU instead of sleeping: in `prefill_work` before the first token, in `decode_work`
+    /// between tokens (the CPU-profile phase test).
+    pub burn: bool,
 }
 
 impl Default for StreamParams {
@@ -78,6 +81,7 @@ impl Default for StreamParams {
             comments: false,
             usage: true,
             done: true,
+            burn: false,
         }
     }
 }
@@ -115,6 +119,7 @@ impl StreamParams {
                 "comments" => p.comments = parse_bool(key, value)?,
                 "usage" => p.usage = parse_bool(key, value)?,
                 "done" => p.done = parse_bool(key, value)?,
+                "burn" => p.burn = parse_bool(key, value)?,
                 _ => {}
             }
         }

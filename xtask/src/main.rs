@@ -138,7 +138,15 @@ fn setup() -> Result<()> {
     }
 
     step("setup: Debian packages for tests");
-    let wanted: &[(&str, &str)] = &[("python3", "python3"), ("node", "nodejs"), ("curl", "curl"), ("strace", "strace")];
+    let wanted: &[(&str, &str)] = &[
+        ("python3", "python3"),
+        ("node", "nodejs"),
+        ("curl", "curl"),
+        ("strace", "strace"),
+        ("perf", "linux-perf"),
+        ("cc", "gcc"),
+        ("strip", "binutils"),
+    ];
     let missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
     if !missing.is_empty() {
@@ -202,7 +210,7 @@ fn test(extra: &[String]) -> Result<()> {
     }
     step("test: unit, parser and privileged eBPF integration tests");
     run(Command::new("cargo")
-        .args(["test", "--release", "-p", "inferscope", "-p", "agent-common", "-p", "testbed", "--"])
+        .args(["test", "--release", "--no-fail-fast", "-p", "inferscope", "-p", "agent-common", "-p", "testbed", "--"])
         .args(extra)
         .env("INFERSCOPE_REQUIRE_ROOT", "1"))
 }

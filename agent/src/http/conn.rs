@@ -153,6 +153,16 @@ impl Connection {
         }
     }
 
+    /// Requests waiting for their first token: read and unanswered, or answering with no
+    /// content event yet (a non-streaming response waits for its whole body).
+    pub fn awaiting_first_token(&self) -> usize {
+        let current = match &self.outbound {
+            Outbound::Body(ex) => usize::from(ex.record.content_write_ns.is_empty()),
+            _ => 0,
+        };
+        self.pending.len() + current
+    }
+
     /// Requests read and not yet fully answered.
     pub fn in_flight(&self) -> usize {
         self.pending.len() + usize::from(matches!(self.outbound, Outbound::Body(_)))

@@ -214,10 +214,18 @@ async fn respond(stream: &mut TcpStream, req: &Request, request_ns: u64, truth: 
     };
 
     let mut writes = Vec::new();
+    let mut streaming = false;
     for step in proto::plan(&params, req.close) {
-        if !step.delay.is_zero() {
+        if params.burn {
+            if streaming {
+                decode_work(step.delay);
+            } else {
+                prefill_work(step.delay);
+            }
+        } else if !step.delay.is_zero() {
             tokio::time::sleep(step.delay).await;
         }
+        streaming |= step.content_events > 0;
         let ts_ns = monotonic_ns();
         write_counted(stream, &step.bytes, true).await?;
         writes.push(TruthWrite { ts_ns, bytes: step.bytes.len() as u64, content_events: step.content_events });
@@ -274,4 +282,27 @@ async fn write_counted(stream: &mut TcpStream, mut bytes: &[u8], count: bool) ->
         eprintln!("warning: a write took {calls} syscalls (short write)");
     }
     Ok(())
+}
+
+/// CPU work standing in for prompt processing (named, so a CPU profile can find it).
+#[inline(never)]
+fn prefill_work(d: Duration) {
+    burn(d, 31);
+}
+
+/// CPU work standing in for one decode step.
+#[inline(never)]
+fn decode_work(d: Duration) {
+    burn(d, 37);
+}
+
+#[inline(always)]
+fn burn(d: Duration, k: u64) {
+    let end = std::time::Instant::now() + d;
+    let mut x = k;
+    while std::time::Instant::now() < end {
+        for _ in 0..20_000 {
+            x = std::hint::black_box(x.wrapping_mul(k).wrapping_add(1));
+        }
+    }
 }

@@ -1,0 +1,187 @@
+//! CPU flamegraphs against the real kernel: a C fixture burning 70/30 in two named functions
+//! (shares within 5 points, and Debian's `perf record` agrees on the top functions), a stripped
+//! copy ([unknown] frames, no crash), a Rust fixture (demangled paths), Node with
+//! --perf-basic-prof (JIT names from the perf map), and the prefill/decode phase split on a
+//! streaming server that burns CPU in `prefill_work` before the first token and `decode_work`
+//! between tokens. Needs root.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+fn build_burn(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = workspace_root().join("tests/targets/burn.c");
+    let exe = dir.join("burn");
+    let st =
+        Command::new("cc").args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"]).arg(&exe).arg(&src).status().unwrap();
+    assert!(st.success());
+    let stripped = dir.join("burn-stripped");
+    std::fs::copy(&exe, &stripped).unwrap();
+    assert!(Command::new("strip").arg("--strip-all").arg(&stripped).status().unwrap().success());
+    (exe, stripped)
+}
+
+/// Starts a process that prints `READY <pid>` first.
+fn start(cmd: &mut Command) -> (Child, u32) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
+    (child, pid)
+}
+
+fn read_folded(path: &Path) -> HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((stack.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Share of samples whose leaf (or, with `anywhere`, any frame) satisfies `pred`.
+fn share(folded: &HashMap<String, u64>, pred: impl Fn(&str) -> bool) -> f64 {
+    let total: u64 = folded.values().sum();
+    let hit: u64 = folded.iter().filter(|(s, _)| s.split(';').any(&pred)).map(|(_, n)| n).sum();
+    hit as f64 / total.max(1) as f64
+}
+
+fn profile(pid: u32, dir: &Path, seconds: &str) -> (serde_json::Value, HashMap<String, u64>) {
+    let svg = dir.join("cpu.svg");
+    let folded = dir.join("cpu.folded");
+    let agent = Agent::attach(
+        pid,
+        &dir.join("report.json"),
+        &["--duration", seconds, "--flamegraph", svg.to_str().unwrap(), "--folded", folded.to_str().unwrap()],
+    );
+    let report = agent.wait_report();
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml") && svg_text.contains("<svg"), "an SVG flamegraph");
+    (report, read_folded(&folded))
+}
+
+#[test]
+fn c_fixture_shares_and_perf_agrees() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-c");
+    let (exe, _) = build_burn(&dir);
+    let (mut child, pid) = start(Command::new(&exe).args(["8", "70"]));
+    // Debian's perf on the same process at the same time, for comparison.
+    let perf_data = dir.join("perf.data");
+    let mut perf = Command::new("perf")
+        .args(["record", "-F", "99", "-g", "-e", "cpu-clock", "-p", &pid.to_string(), "-o"])
+        .arg(&perf_data)
+        .args(["--", "sleep", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf (linux-perf) is installed by cargo xtask setup");
+    let (report, folded) = profile(pid, &dir, "4");
+    assert!(perf.wait().unwrap().success(), "perf record failed");
+    child.kill().ok();
+    child.wait().ok();
+
+    // Inclusive share: samples in the function or anything it called (its clock syscalls).
+    let leaf = |f: &HashMap<String, u64>, name: &str| share(f, |fr| fr == name);
+    let (a, b) = (leaf(&folded, "burn_a"), leaf(&folded, "burn_b"));
+    eprintln!(
+        "inferscope: burn_a {:.1}% burn_b {:.1}% of {} samples",
+        a * 100.0,
+        b * 100.0,
+        folded.values().sum::<u64>()
+    );
+    assert!((a - 0.70).abs() <= 0.05, "burn_a share {a}");
+    assert!((b - 0.30).abs() <= 0.05, "burn_b share {b}");
+    assert!(folded.values().sum::<u64>() >= 200, "about 99 Hz for 4 s");
+    assert_eq!(report["cpu"]["truncated"], 0, "frame pointers: complete stacks");
+
+    // perf script → inferno's perf collapser → same top functions.
+    let script = Command::new("perf").arg("script").arg("-i").arg(&perf_data).output().unwrap();
+    assert!(script.status.success());
+    let mut out = Vec::new();
+    use inferno::collapse::Collapse;
+    inferno::collapse::perf::Folder::default().collapse(&script.stdout[..], &mut out).unwrap();
+    let perf_folded: HashMap<String, u64> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| {
+            let (s, n) = l.rsplit_once(' ')?;
+            Some((s.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    let (pa, pb) = (leaf(&perf_folded, "burn_a"), leaf(&perf_folded, "burn_b"));
+    eprintln!("perf:       burn_a {:.1}% burn_b {:.1}%", pa * 100.0, pb * 100.0);
+    assert!((a - pa).abs() <= 0.05 && (b - pb).abs() <= 0.05, "perf {pa}/{pb} vs ours {a}/{b}");
+}
+
+#[test]
+fn stripped_binary_gives_unknown_frames_with_module() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-stripped");
+    let (_, stripped) = build_burn(&dir);
+    let (mut child, pid) = start(Command::new(&stripped).args(["4", "70"]));
+    let (_, folded) = profile(pid, &dir, "2");
+    child.kill().ok();
+    child.wait().ok();
+    assert!(share(&folded, |f| f == "[unknown burn-stripped]") > 0.9, "{folded:?}");
+}
+
+#[test]
+fn rust_fixture_shows_demangled_paths() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-rust");
+    let exe = workspace_root().join("target/release/stage-target-rs");
+    let (mut child, pid) = start(Command::new(&exe).args(["burn", "4"]));
+    let (_, folded) = profile(pid, &dir, "2");
+    child.kill().ok();
+    child.wait().ok();
+    let s = share(&folded, |f| f == "stage_target_rs::pipeline::burn_rust");
+    assert!(s > 0.8, "demangled Rust path: {s} {folded:?}");
+}
+
+#[test]
+fn node_jit_frames_from_perf_map() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-node");
+    let js = workspace_root().join("tests/targets/hot.js");
+    let (mut child, pid) = start(Command::new("node").arg("--perf-basic-prof").arg(&js).arg("6"));
+    std::thread::sleep(std::time::Duration::from_millis(500)); // let V8 JIT-compile it
+    let (_, folded) = profile(pid, &dir, "2");
+    child.kill().ok();
+    child.wait().ok();
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let s = share(&folded, |f| f.contains("hotJsFunction"));
+    assert!(s > 0.5, "JavaScript function name from /tmp/perf-PID.map: {s}");
+}
+
+#[test]
+fn prefill_and_decode_flamegraphs_split_by_phase() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-phase");
+    let server = Server::start(ServerKind::Rust, &dir);
+    let svg = dir.join("cpu.svg");
+    let agent = Agent::attach(
+        server.pid(),
+        &dir.join("report.json"),
+        &["--flamegraph", svg.to_str().unwrap(), "--folded", dir.join("cpu.folded").to_str().unwrap()],
+    );
+    // One stream at a time: 150 ms of prefill work, then 20 tokens 20 ms apart of decode work.
+    let load = testbed::run_load(&server.addr(), 6, 1, true, "tokens=20&interval_ms=20&prefill_ms=150&burn=1", "burn")
+        .unwrap();
+    assert_eq!(load.errors, 0);
+    let _ = agent.stop();
+    let prefill = read_folded(&dir.join("cpu.prefill.folded"));
+    let decode = read_folded(&dir.join("cpu.decode.folded"));
+    let (pp, pd) = (share(&prefill, |f| f.contains("prefill_work")), share(&prefill, |f| f.contains("decode_work")));
+    let (dp, dd) = (share(&decode, |f| f.contains("prefill_work")), share(&decode, |f| f.contains("decode_work")));
+    eprintln!("prefill profile: prefill_work {pp:.2} decode_work {pd:.2}; decode profile: prefill_work {dp:.2} decode_work {dd:.2}");
+    assert!(pp > 0.6 && pp > 3.0 * pd, "prefill flamegraph dominated by prefill_work");
+    assert!(dd > 0.6 && dd > 3.0 * dp, "decode flamegraph dominated by decode_work");
+    assert!(dir.join("cpu.prefill.svg").exists() && dir.join("cpu.decode.svg").exists());
+}
