@@ -312,12 +312,12 @@ impl Report {
         );
         let _ =
             writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
-        for (name, d) in [
+        for (name, d) in (s.requests > 0).then_some([
             ("time to first byte", s.ttfb_s),
             ("time to first token", s.ttft_s),
             ("inter-token latency", s.itl_s),
             ("end-to-end", s.e2e_s),
-        ] {
+        ]).into_iter().flatten() {
             let _ = writeln!(
                 o,
                 "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}",
@@ -401,8 +401,10 @@ impl Report {
                 bar.push(ch);
             }
             let mut label = format!("{} {}", r.method, r.path);
-            if label.chars().count() > label_w - 1 {
-                label = label.chars().take(label_w - 2).collect::<String>() + "…";
+            let n = label.chars().count();
+            if n > label_w - 1 {
+                // Keep the end: it is what tells requests apart (`…/completions/r17`).
+                label = "…".to_string() + &label.chars().skip(n - (label_w - 3)).collect::<String>();
             }
             let j = RequestJson::from(r);
             let _ = writeln!(
