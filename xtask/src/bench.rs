@@ -72,23 +72,7 @@ fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
     let port: u16 = line.trim().strip_prefix("LISTENING ").context("LISTENING")?.parse()?;
     let pid = server.0.id();
 
-    let agent = if with_agent {
-        let mut a = Command::new("target/release/inferscope")
-            .args(["attach", "--pid", &pid.to_string(), "--quiet", "--max-requests", "1000"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let err = a.stderr.take().context("stderr")?;
-        let mut reader = std::io::BufReader::new(err);
-        let mut l = String::new();
-        while reader.read_line(&mut l)? > 0 && !l.contains("attached to pid") {
-            l.clear();
-        }
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Some(KillOnDrop(a))
-    } else {
-        None
-    };
+    let agent = if with_agent { Some(start_agent(pid, &["--max-requests", "1000"])?) } else { None };
     let agent_cpu0 = agent.as_ref().map(|a| cpu_ns(a.0.id())).transpose()?;
     let cpu0 = cpu_ns(pid)?;
     let t0 = Instant::now();
@@ -115,6 +99,24 @@ fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
     drop(agent);
     std::thread::sleep(Duration::from_millis(200));
     Ok(s)
+}
+
+/// Starts `inferscope attach --pid PID --quiet ARGS` and returns once its probes are attached.
+fn start_agent(pid: u32, args: &[&str]) -> Result<KillOnDrop> {
+    let mut a = Command::new("target/release/inferscope")
+        .args(["attach", "--pid", &pid.to_string(), "--quiet"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut reader = std::io::BufReader::new(a.stderr.take().context("stderr")?);
+    let a = KillOnDrop(a);
+    let mut l = String::new();
+    while reader.read_line(&mut l)? > 0 && !l.contains("attached to pid") {
+        l.clear();
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Ok(a)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -252,4 +254,53 @@ fn one_uprobe_run(exe: &std::path::Path, use_bpftrace: bool) -> Result<f64> {
     let probed = truth["empty_probed_ns"].as_f64().context("empty_probed_ns")?;
     let unprobed = truth["empty_unprobed_ns"].as_f64().context("empty_unprobed_ns")?;
     Ok(probed - unprobed)
+}
+
+/// llama-server's own decode speed (`timings.predicted_per_second` in its last stream event)
+/// with and without `--profile llama.cpp` attached, alternating.
+pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    step("bench: llama-server tokens/s with --profile llama.cpp attached vs not (alternating)");
+    let l = crate::llama::ensure(root)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let server = Command::new(&l.server)
+        .args(["-m"])
+        .arg(&l.model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-c", "2048", "-np", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = KillOnDrop(server);
+    let chat = |n: usize| -> Result<f64> {
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"Write a long story about a robot, part {n}."}}],"stream":true,"max_tokens":96,"temperature":0,"cache_prompt":false}}"#);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let i = out.rfind("\"predicted_per_second\":").context("no timings in the stream")?;
+        let rest = &out[i + 23..];
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        Ok(rest[..end].parse()?)
+    };
+    let t0 = Instant::now();
+    while chat(0).is_err() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("llama-server did not answer in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
+            let agent = if attached { Some(start_agent(server.0.id(), &["--profile", "llama.cpp"])?) } else { None };
+            let rates: Vec<f64> = (0..3).map(|k| chat(i * 10 + k)).collect::<Result<_>>()?;
+            let m = mean(&rates);
+            eprintln!("  {:<10} {m:>7.1} tokens/s", if attached { "attached" } else { "baseline" });
+            if attached { with.push(m) } else { without.push(m) }
+            drop(agent);
+        }
+    }
+    let (a, b) = (mean(&with), mean(&without));
+    println!("RESULT llama-server decode tokens/s: baseline {b:.1}, with --profile llama.cpp {a:.1}, ratio {:.4} ({:+.2}%)", a / b, (a / b - 1.0) * 100.0);
+    Ok(())
 }

@@ -77,6 +77,7 @@ fn main() -> Result<()> {
             build()?;
             bench::overhead(rounds)?;
             bench::uprobe_cost(rounds)?;
+            bench::llama_overhead(&root, rounds)?;
             step("bench: criterion (userspace decode throughput)");
             run(Command::new("cargo").args(["bench", "-p", "inferscope", "--bench", "decode"]))
         }
