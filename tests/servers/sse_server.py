@@ -345,6 +345,10 @@ def main():
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--truth", required=True, help="JSONL ground-truth output file")
     args = ap.parse_args()
+    # The truth stamps are taken right after recv()/before send(); with 8+ streams a thread that
+    # has returned from recv() can wait a whole GIL switch interval (5 ms by default) before it
+    # may stamp. A short interval keeps the truth within microseconds of the syscall.
+    sys.setswitchinterval(0.0001)
 
     server = Server(("127.0.0.1", args.port), Handler)
     server.truth = TruthLog(args.truth)

@@ -48,18 +48,16 @@ impl Server {
     pub fn start(kind: ServerKind, dir: &Path) -> Server {
         let truth = dir.join(format!("{kind:?}-truth.jsonl").to_lowercase());
         let root = workspace_root();
-        let mut cmd = match kind {
-            ServerKind::Rust => Command::new(root.join("target/release/sse-server")),
-            ServerKind::Python => {
-                let mut c = Command::new("python3");
-                c.arg(root.join("tests/servers/sse_server.py"));
-                c
-            }
-            ServerKind::Node => {
-                let mut c = Command::new("node");
-                c.arg(root.join("tests/servers/sse_server.js"));
-                c
-            }
+        // The servers stamp their own truth right after/before each syscall. On a 2-core machine
+        // shared with the agent and the load client, the scheduler can put a millisecond between
+        // a syscall and the stamp; a higher CPU weight keeps the truth close to the syscall.
+        // (The agent's timestamps come from the kernel and do not depend on this.)
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "-15"]);
+        match kind {
+            ServerKind::Rust => cmd.arg(root.join("target/release/sse-server")),
+            ServerKind::Python => cmd.arg("python3").arg(root.join("tests/servers/sse_server.py")),
+            ServerKind::Node => cmd.arg("node").arg(root.join("tests/servers/sse_server.js")),
         };
         cmd.args(["--port", "0", "--truth"]).arg(&truth).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?} server: {e}"));
