@@ -121,16 +121,7 @@ impl SocketProbes {
             }
         };
         for &(program, category, name) in SOCKET_TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| ProbeError::MissingProgram(program.into()))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    program: program.into(),
-                    category: category.into(),
-                    name: name.into(),
-                    source,
-                })?;
+            let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
             prog.load().map_err(|e| verifier_error(program, e))?;
             prog.attach(category, name).map_err(|source| ProbeError::Attach {
                 program: program.into(),
@@ -148,30 +139,10 @@ impl SocketProbes {
             return Ok(());
         }
         for name in ["stage_enter", "stage_exit"] {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.into()))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    program: name.into(),
-                    category: "uprobe".into(),
-                    name: name.into(),
-                    source,
-                })?;
+            let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
             prog.load().map_err(|e| verifier_error(name, e))?;
         }
-        let exit: &mut TracePoint = self
-            .ebpf
-            .program_mut("sched_exit")
-            .ok_or_else(|| ProbeError::MissingProgram("sched_exit".into()))?
-            .try_into()
-            .map_err(|source| ProbeError::Attach {
-                program: "sched_exit".into(),
-                category: "sched".into(),
-                name: "sched_process_exit".into(),
-                source,
-            })?;
+        let exit: &mut TracePoint = program_mut(&mut self.ebpf, "sched_exit")?;
         exit.load().map_err(|e| verifier_error("sched_exit", e))?;
         exit.attach("sched", "sched_process_exit").map_err(|source| ProbeError::Attach {
             program: "sched_exit".into(),
@@ -198,17 +169,7 @@ impl SocketProbes {
         let scope = std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let programs: &[&str] = if with_return { &["stage_enter", "stage_exit"] } else { &["stage_enter"] };
         for &name in programs {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| ProbeError::MissingProgram(name.into()))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    program: name.into(),
-                    category: "uprobe".into(),
-                    name: name.into(),
-                    source,
-                })?;
+            let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(file_offset),
                 cookie: Some(stage as u64),
@@ -227,17 +188,7 @@ impl SocketProbes {
     /// Samples every CPU at `hz` with the software cpu-clock (no hardware PMU needed); only
     /// processes with a phase entry are counted.
     pub fn start_profiler(&mut self, pid: u32, hz: u64) -> Result<(), ProbeError> {
-        let prog: &mut PerfEvent = self
-            .ebpf
-            .program_mut("cpu_sample")
-            .ok_or_else(|| ProbeError::MissingProgram("cpu_sample".into()))?
-            .try_into()
-            .map_err(|source| ProbeError::Attach {
-                program: "cpu_sample".into(),
-                category: "perf_event".into(),
-                name: "cpu-clock".into(),
-                source,
-            })?;
+        let prog: &mut PerfEvent = program_mut(&mut self.ebpf, "cpu_sample")?;
         prog.load().map_err(|e| verifier_error("cpu_sample", e))?;
         let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Attach {
             program: "cpu_sample".into(),
@@ -387,6 +338,16 @@ impl SocketProbes {
             .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
+}
+
+/// Program `name` of the embedded object, as its program type (`TracePoint`, `UProbe`, …).
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name).ok_or_else(|| ProbeError::MissingProgram(name.into()))?.try_into().map_err(|source| {
+        ProbeError::Attach { program: name.into(), category: "program type".into(), name: name.into(), source }
+    })
 }
 
 fn verifier_error(program: &str, e: ProgramError) -> ProbeError {

@@ -370,7 +370,8 @@ impl Report {
             o.push_str("\nno requests seen\n");
             return o;
         }
-        let shown = &self.requests[self.requests.len().saturating_sub(max_rows)..];
+        let first_shown = self.requests.len().saturating_sub(max_rows);
+        let shown = &self.requests[first_shown..];
         let longest = shown.iter().map(|r| r.end_ns.saturating_sub(r.request_ns)).max().unwrap_or(1).max(1);
         let label_w = 28;
         let bar_w = width.saturating_sub(label_w + 34).clamp(10, 80);
@@ -381,7 +382,7 @@ impl Report {
             self.requests.len(),
             ms(longest as f64 / NS / bar_w as f64)
         );
-        for r in shown {
+        for (offset, r) in shown.iter().enumerate() {
             let col =
                 |t: u64| ((t.saturating_sub(r.request_ns) as f64 / longest as f64) * bar_w as f64).round() as usize;
             let fb = col(r.first_byte_ns).min(bar_w);
@@ -418,15 +419,14 @@ impl Report {
                 ms(j.e2e_s),
                 r.chunks
             );
-            self.stage_rows(&mut o, r, label_w, bar_w, &col);
+            self.stage_rows(&mut o, first_shown + offset, label_w, bar_w, &col);
         }
         o
     }
 
     /// Under a request's bar: one row per stage, marking where its calls ran.
-    fn stage_rows(&self, o: &mut String, r: &RequestRecord, label_w: usize, bar_w: usize, col: &dyn Fn(u64) -> usize) {
+    fn stage_rows(&self, o: &mut String, idx: usize, label_w: usize, bar_w: usize, col: &dyn Fn(u64) -> usize) {
         let Some(st) = &self.stages else { return };
-        let Some(idx) = self.requests.iter().position(|x| std::ptr::eq(x, r)) else { return };
         let mut rows: BTreeMap<&str, Vec<char>> = BTreeMap::new();
         for (i, c) in st.calls.iter().enumerate() {
             if st.attribution.call_request.get(i).copied().flatten() != Some(idx) {

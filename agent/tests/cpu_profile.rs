@@ -35,15 +35,18 @@ fn start(cmd: &mut Command) -> (Child, u32) {
     (child, pid)
 }
 
-fn read_folded(path: &Path) -> HashMap<String, u64> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
+/// Folded-stack text (`frame;frame;frame COUNT` per line) to counts by stack.
+fn parse_folded(text: &str) -> HashMap<String, u64> {
+    text.lines()
         .filter_map(|l| {
             let (stack, n) = l.rsplit_once(' ')?;
             Some((stack.to_string(), n.parse().ok()?))
         })
         .collect()
+}
+
+fn read_folded(path: &Path) -> HashMap<String, u64> {
+    parse_folded(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
 /// Share of samples whose leaf (or, with `anywhere`, any frame) satisfies `pred`.
@@ -122,13 +125,7 @@ fn c_fixture_shares_and_perf_agrees() {
     let mut out = Vec::new();
     use inferno::collapse::Collapse;
     inferno::collapse::perf::Folder::default().collapse(&script.stdout[..], &mut out).unwrap();
-    let perf_folded: HashMap<String, u64> = String::from_utf8_lossy(&out)
-        .lines()
-        .filter_map(|l| {
-            let (s, n) = l.rsplit_once(' ')?;
-            Some((s.to_string(), n.parse().ok()?))
-        })
-        .collect();
+    let perf_folded = parse_folded(&String::from_utf8_lossy(&out));
     let (pa, pb) = shares(&perf_folded);
     eprintln!("perf:       burn_a {:.1}% burn_b {:.1}%", pa * 100.0, pb * 100.0);
     // Same top functions in the same order; shares within 10 points (perf's ~400 samples at
