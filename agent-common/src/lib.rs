@@ -28,6 +28,10 @@ pub mod maps {
     pub const PROFILE_PHASE: &str = "PROFILE_PHASE";
     pub const SAMPLES: &str = "SAMPLES";
     pub const STACKS: &str = "STACKS";
+    pub const OFFCPU: &str = "OFFCPU";
+    pub const OFFCPU_START: &str = "OFFCPU_START";
+    pub const PROC_EVENTS: &str = "PROC_EVENTS";
+    pub const SETTINGS: &str = "SETTINGS";
 }
 
 /// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
@@ -41,6 +45,21 @@ pub mod limits {
     pub const SAMPLES: u32 = 65536;
     /// Distinct stacks (user and kernel together).
     pub const STACKS: u32 = 32768;
+    /// Threads of profiled processes that are off-CPU right now.
+    pub const OFFCPU_START: u32 = 16384;
+    /// Distinct off-CPU (process, phase, user stack, kernel stack) keys.
+    pub const OFFCPU: u32 = 65536;
+    /// Bytes of the process lifecycle ring buffer (exec/exit records, daemon mode).
+    pub const PROC_EVENTS_BYTES: u32 = 1 << 18;
+}
+
+/// Indices of the `SETTINGS` array (userspace switches, all 0 = off).
+pub mod setting {
+    /// Record off-CPU time of profiled processes (sched_switch).
+    pub const OFFCPU: u32 = 0;
+    /// Send exec/exit records to `PROC_EVENTS` (process discovery in daemon mode).
+    pub const PROC_EVENTS: u32 = 1;
+    pub const COUNT: u32 = 4;
 }
 
 /// What a ring-buffer record describes. Stable numeric ids: they are the wire format.
@@ -141,7 +160,11 @@ pub mod counter {
     pub const SAMPLES_FULL: u32 = 13;
     /// Samples whose user stack could not be collected (or `STACKS` was full).
     pub const USER_STACK_MISSING: u32 = 14;
-    pub const COUNT: u32 = 16;
+    /// Off-CPU intervals dropped because `OFFCPU_START` or `OFFCPU` was full.
+    pub const OFFCPU_FULL: u32 = 15;
+    /// Exec/exit records the `PROC_EVENTS` ring buffer refused (the reconcile scan catches them).
+    pub const PROC_LOST: u32 = 16;
+    pub const COUNT: u32 = 24;
 
     pub const fn lost_for_kind(kind: u16) -> u32 {
         kind as u32
@@ -208,6 +231,31 @@ pub struct SampleKey {
     pub kernel_stack: i32,
 }
 
+/// Where an off-CPU interval of a thread began (map `OFFCPU_START`, keyed by tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuStart {
+    pub ts_ns: u64,
+    pub key: SampleKey,
+}
+
+/// What happened to a process (ring buffer `PROC_EVENTS`).
+pub mod proc_event {
+    /// A process replaced its image (`execve`): `tgid` runs a new program now.
+    pub const EXEC: u32 = 1;
+    /// A process's main thread exited.
+    pub const EXIT: u32 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub ts_ns: u64,
+    pub tgid: u32,
+    /// A [`proc_event`] constant.
+    pub kind: u32,
+}
+
 /// Key of `CONNS`: the connection `(tgid, fd)` packed in one u64.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: i32) -> u64 {
@@ -223,4 +271,6 @@ mod user {
     unsafe impl aya::Pod for super::StageStack {}
     unsafe impl aya::Pod for super::StageFrame {}
     unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::OffCpuStart {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }

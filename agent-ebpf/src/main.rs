@@ -11,13 +11,14 @@
 #![no_main]
 
 use agent_common::{
-    conn_key, counter, limits, stage, BufShape, EventHeader, EventKind, SampleKey, StageEvent, StageFrame, StageStack,
-    SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS,
+    conn_key, counter, limits, proc_event, setting, stage, BufShape, EventHeader, EventKind, OffCpuStart, ProcEvent,
+    SampleKey, StageEvent, StageFrame, StageStack, SyscallArgs, DEFAULT_RING_BYTES, HEADER_LEN, MAX_CAPTURE,
+    MAX_IOVECS,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{map, perf_event, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{tracing::StackIdContext as _, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext as _,
 };
@@ -429,14 +430,53 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A thread that exits mid-call must leave nothing behind.
+/// A thread that exits mid-call must leave nothing behind; a target's main thread exiting is
+/// reported to the daemon.
 #[tracepoint]
 pub fn sched_exit(ctx: TracePointContext) -> u32 {
     let _ = ctx;
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: read-only lookup.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: read-only lookups.
     if unsafe { STAGE_STACKS.get(&tid) }.is_some() {
         let _ = STAGE_STACKS.remove(&tid);
+    }
+    if unsafe { OFFCPU_START.get(&tid) }.is_some() {
+        let _ = OFFCPU_START.remove(&tid);
+    }
+    if tid == tgid && enabled(setting::PROC_EVENTS) && is_target(tgid) {
+        proc_record(tgid, proc_event::EXIT);
+    }
+    0
+}
+
+// ---- process lifecycle (daemon discovery) ----
+
+#[map]
+static SETTINGS: Array<u32> = Array::with_max_entries(setting::COUNT, 0);
+#[map]
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(limits::PROC_EVENTS_BYTES, 0);
+
+#[inline(always)]
+fn enabled(which: u32) -> bool {
+    SETTINGS.get(which).is_some_and(|v| *v != 0)
+}
+
+#[inline(always)]
+fn proc_record(tgid: u32, kind: u32) {
+    let ev = ProcEvent { ts_ns: unsafe { bpf_ktime_get_ns() }, tgid, kind };
+    // Wake the reader: these are rare and the daemon acts on them.
+    if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+        bump(counter::PROC_LOST);
+    }
+}
+
+/// Every exec on the machine (they are rare): the daemon matches the new image against its rules.
+#[tracepoint]
+pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    let _ = ctx;
+    if enabled(setting::PROC_EVENTS) {
+        proc_record((bpf_get_current_pid_tgid() >> 32) as u32, proc_event::EXEC);
     }
     0
 }
@@ -450,7 +490,58 @@ static SAMPLES: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(limits::STACKS, 0);
 
+#[map]
+static OFFCPU_START: HashMap<u32, OffCpuStart> = HashMap::with_max_entries(limits::OFFCPU_START, 0);
+#[map]
+static OFFCPU: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(limits::OFFCPU, 0);
+
 const BPF_F_USER_STACK: u64 = 1 << 8;
+// sched_switch record (see /sys/kernel/tracing/events/sched/sched_switch/format).
+const SWITCH_PREV_STATE: usize = 32;
+const SWITCH_NEXT_PID: usize = 56;
+
+/// Off-CPU time: when a thread of a profiled process blocks (leaves the CPU in a sleeping state),
+/// remember when and where (its stacks); when it is switched back in, add the time it was away
+/// to that place. Preemption of a runnable thread is not blocking and is not counted.
+#[tracepoint]
+pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
+    if !enabled(setting::OFFCPU) {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // `prev` is the current task.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: tracepoint record reads at offsets from its format file.
+    let prev_state: i64 = unsafe { ctx.read_at(SWITCH_PREV_STATE) }.unwrap_or(0);
+    if tid != 0 && prev_state != 0 {
+        // SAFETY: read-only lookup of a plain value.
+        if let Some(&phase) = unsafe { PROFILE_PHASE.get(&tgid) } {
+            let user_stack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK).map_or(-1, |id| id as i32);
+            let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+            let start = OffCpuStart { ts_ns: now, key: SampleKey { tgid, phase, user_stack, kernel_stack } };
+            if OFFCPU_START.insert(&tid, &start, 0).is_err() {
+                bump(counter::OFFCPU_FULL);
+            }
+        }
+    }
+    let next: u32 = unsafe { ctx.read_at::<i32>(SWITCH_NEXT_PID) }.unwrap_or(0) as u32;
+    // SAFETY: copied out before the entry is removed.
+    let Some(start) = (unsafe { OFFCPU_START.get(&next) }).copied() else { return 0 };
+    let _ = OFFCPU_START.remove(&next);
+    let away = now.saturating_sub(start.ts_ns);
+    if let Some(total) = OFFCPU.get_ptr_mut(&start.key) {
+        // SAFETY: this CPU's slot of a map value.
+        unsafe { *total += away };
+    } else if OFFCPU.insert(&start.key, &away, BPF_NOEXIST).is_err() {
+        match OFFCPU.get_ptr_mut(&start.key) {
+            // SAFETY: as above.
+            Some(total) => unsafe { *total += away },
+            None => bump(counter::OFFCPU_FULL),
+        }
+    }
+    0
+}
 const BPF_NOEXIST: u64 = 1;
 
 /// One software cpu-clock sample on some CPU: counted in the kernel per (process, phase,

@@ -1,1 +1,255 @@
-fn main() {}
+//! What happens after capture (issue 4): 100,000 distinct stacks of 20–40 frames with
+//! Rust/C++-shaped names, some with kernel frames, through the same calls `attach` makes at the
+//! end of a run — `Kallsyms::load`, `profile::fold` (stacks already symbolized during the run, as
+//! the agent does once a second), and `profile::write` (inferno SVGs, folded files).
+//! Goal: a 60 s profile of a busy server renders in under 1 s after capture.
+//!
+//! `cargo bench -p inferscope --bench flamegraph`
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use agent_common::SampleKey;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inferscope::profile::{fold, write, Folded, Kallsyms, RawProfile, UserFrames};
+use inferscope::symbols::Symbolizer;
+
+const STACKS: usize = 100_000;
+const COMM: &str = "llama-server";
+
+/// Deterministic xorshift64*.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^= x >> 33;
+    x
+}
+
+const RUST_CRATES: &[&str] =
+    &["tokio", "hyper", "axum", "candle_core", "candle_nn", "tokenizers", "text_generation_router", "serde_json"];
+const RUST_MODULES: &[&str] = &[
+    "runtime::scheduler",
+    "proto::h1::dispatch",
+    "tensor",
+    "ops::matmul",
+    "models::llama",
+    "backend",
+    "de",
+    "sync::mpsc",
+];
+const RUST_TYPES: &[&str] =
+    &["Worker", "Dispatcher<S,B>", "Tensor", "CpuStorage", "Attention", "Batch", "Deserializer<R>"];
+const RUST_FNS: &[&str] = &["run", "poll", "forward", "matmul", "next_token", "decode_step", "deserialize_map", "recv"];
+const CPP_NS: &[&str] = &["llama", "ggml", "std", "server", "llm_graph", "common"];
+const CPP_FNS: &[&str] = &[
+    "llama_decode_impl(llama_context&, llama_batch)",
+    "ggml_compute_forward_mul_mat(ggml_compute_params const*, ggml_tensor*)",
+    "vector<int, std::allocator<int> >::_M_realloc_insert<int const&>(__gnu_cxx::__normal_iterator<int*, std::vector<int, std::allocator<int> > >, int const&)",
+    "server_context::update_slots()",
+    "build_attn(llm_graph_input_attn_kv*, ggml_tensor*, ggml_tensor*, ggml_tensor*, float, int)",
+    "common_sampler_sample(common_sampler*, llama_context*, int, bool)",
+    "ggml_vec_dot_q4_1_q8_1(int, float*, unsigned long, void const*, unsigned long, void const*, unsigned long, int)",
+    "unordered_map<std::string, int>::operator[](std::string const&)",
+];
+const KERNEL: &[&str] = &[
+    "entry_SYSCALL_64",
+    "do_syscall_64",
+    "__x64_sys_futex",
+    "futex_wait",
+    "__x64_sys_write",
+    "tcp_sendmsg",
+    "asm_sysvec_apic_timer_interrupt",
+    "schedule",
+    "__schedule",
+    "copy_user_generic",
+];
+
+/// The function a call-tree node names: a few thousand distinct names over the tree, so names
+/// repeat across stacks as real callees (malloc, kernels, locks) do.
+fn name(node: u64) -> String {
+    let h = mix(node, 7) % 4096;
+    let pick = |list: &[&'static str], salt: u64| list[(mix(h, salt) % list.len() as u64) as usize];
+    if h % 2 == 0 {
+        format!(
+            "{}::{}::{}::{}_{}",
+            pick(RUST_CRATES, 1),
+            pick(RUST_MODULES, 2),
+            pick(RUST_TYPES, 3),
+            pick(RUST_FNS, 4),
+            h % 97
+        )
+    } else {
+        format!("{}::detail{}::{}", pick(CPP_NS, 5), h % 89, pick(CPP_FNS, 6))
+    }
+}
+
+/// One synthetic profile: user stacks (root first) as random walks down a call tree with a
+/// skewed fan-out (most calls take the usual path), so prefixes are shared like in a real one.
+struct Synth {
+    /// (user frames root first, kernel frames root first, phase, count)
+    stacks: Vec<(Vec<String>, Vec<&'static str>, u32, u64)>,
+}
+
+fn synth() -> Synth {
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let roots = ["_start", "__libc_start_main", "main"];
+    let thread_roots = ["start_thread", "clone3"];
+    let mut seen = HashSet::new();
+    let mut stacks = Vec::with_capacity(STACKS);
+    while stacks.len() < STACKS {
+        let depth = 20 + rng.below(21);
+        let mut frames: Vec<String> = Vec::with_capacity(depth);
+        let mut node: u64 = rng.below(8) as u64; // 8 threads kinds
+        if node == 0 {
+            frames.extend(roots.iter().map(|s| s.to_string()));
+        } else {
+            frames.push(thread_roots[node as usize % 2].to_string());
+        }
+        while frames.len() < depth {
+            // Child 0 half the time, then 1, 2, … geometrically; up to 6 callees per node.
+            let mut child = 0;
+            while child < 5 && rng.below(2) == 1 {
+                child += 1;
+            }
+            node = mix(node, child + 1);
+            frames.push(name(node));
+        }
+        let kernel: Vec<&'static str> = if rng.below(10) < 3 {
+            let n = 2 + rng.below(4);
+            (0..n).map(|_| KERNEL[rng.below(KERNEL.len())]).collect()
+        } else {
+            Vec::new()
+        };
+        let key = (frames.join(";"), kernel.join(";"));
+        if !seen.insert(key) {
+            continue;
+        }
+        let phase = rng.below(3) as u32;
+        // Most distinct stacks are seen once or twice; a few are hot.
+        let count = if rng.below(10) < 7 { 1 + rng.below(2) as u64 } else { 1 + rng.below(200) as u64 };
+        stacks.push((frames, kernel, phase, count));
+    }
+    Synth { stacks }
+}
+
+/// The same profile as the kernel hands it over, with every user stack already symbolized
+/// (attach.rs symbolizes once a second while the target lives) and a kallsyms for the kernel
+/// frames.
+fn raw(s: &Synth) -> (RawProfile, UserFrames, Kallsyms) {
+    let base = 0xffff_ffff_8100_0000u64;
+    let kallsyms_text: String =
+        KERNEL.iter().enumerate().map(|(i, n)| format!("{:x} T {n}\n", base + 0x1000 * i as u64)).collect();
+    let kaddr: HashMap<&str, u64> =
+        KERNEL.iter().enumerate().map(|(i, n)| (*n, base + 0x1000 * i as u64 + 0x10)).collect();
+    let mut raw = RawProfile::default();
+    let mut cache = UserFrames::new();
+    let mut kernel_ids: HashMap<Vec<&str>, i32> = HashMap::new();
+    let mut next_id = 0i32;
+    for (user, kernel, ph, count) in &s.stacks {
+        let user_id = next_id;
+        next_id += 1;
+        // The kernel gives leaf-first instruction pointers; fold only needs them to exist.
+        raw.stacks.insert(user_id, vec![0x1000; user.len()]);
+        cache.insert(user_id, user.clone());
+        let kernel_id = if kernel.is_empty() {
+            -1
+        } else {
+            *kernel_ids.entry(kernel.clone()).or_insert_with(|| {
+                let id = next_id;
+                next_id += 1;
+                raw.stacks.insert(id, kernel.iter().rev().map(|n| kaddr[n]).collect());
+                id
+            })
+        };
+        raw.samples.push((SampleKey { tgid: 1, phase: *ph, user_stack: user_id, kernel_stack: kernel_id }, *count));
+    }
+    (raw, cache, Kallsyms::parse(&kallsyms_text))
+}
+
+fn out_dir() -> PathBuf {
+    let d = std::env::temp_dir().join("inferscope-bench-flamegraph");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bench(c: &mut Criterion) {
+    let s = synth();
+    let (raw, mut cache, kallsyms) = raw(&s);
+    let mut symbolizer = Symbolizer::new();
+    let folded: Folded = fold(&raw, &mut symbolizer, &mut cache, &kallsyms, COMM);
+    let all = &folded.by_phase["all"];
+    assert_eq!(all.len(), STACKS, "every synthetic stack is distinct after folding");
+    let frames: usize = s.stacks.iter().map(|(u, k, _, _)| u.len() + k.len()).sum();
+    eprintln!(
+        "{} distinct stacks, {} samples, {:.1} frames per stack, phases {:?}, folded text {:.1} MiB",
+        all.len(),
+        folded.samples,
+        frames as f64 / STACKS as f64,
+        folded.by_phase.iter().map(|(p, m)| (p.as_str(), m.len())).collect::<Vec<_>>(),
+        all.iter().map(|(l, _)| l.len() + 8).sum::<usize>() as f64 / (1 << 20) as f64
+    );
+    let only_all = Folded { by_phase: BTreeMap::from([("all".to_string(), all.clone())]), ..folded.clone() };
+    let dir = out_dir();
+    let svg = dir.join("cpu.svg");
+    let folded_file = dir.join("cpu.folded");
+    let title = format!("{COMM} (pid 1) — 60.0 s");
+
+    for p in write(&folded, Some(&svg), Some(&folded_file), &title).unwrap() {
+        eprintln!("  {} {:.1} MiB", p.display(), std::fs::metadata(&p).unwrap().len() as f64 / (1 << 20) as f64);
+    }
+
+    let mut g = c.benchmark_group("after capture");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(STACKS as u64));
+
+    g.bench_function("Kallsyms::load (/proc/kallsyms)", |b| b.iter(Kallsyms::load));
+    g.bench_function("fold: 100k stacks, already symbolized, into all + 3 phases", |b| {
+        b.iter(|| fold(&raw, &mut symbolizer, &mut cache, &kallsyms, COMM))
+    });
+    g.bench_function("write: one SVG of 100k stacks (all phases together)", |b| {
+        b.iter(|| write(&only_all, Some(&svg), None, &title).unwrap())
+    });
+    g.bench_function("write: SVG + folded for all + 3 phases (what attach writes)", |b| {
+        b.iter(|| write(&folded, Some(&svg), Some(&folded_file), &title).unwrap())
+    });
+    // The inferno call alone, into memory: no file system, no folded-line formatting.
+    let lines = inferscope::profile::folded_lines(all);
+    g.bench_function("inferno::flamegraph::from_lines alone: 100k lines into memory", |b| {
+        b.iter(|| {
+            let mut opts = inferno::flamegraph::Options::default();
+            opts.title = title.clone();
+            let mut out = Vec::with_capacity(8 << 20);
+            inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out).unwrap();
+            black_box(out.len())
+        })
+    });
+    g.bench_function("end to end: kallsyms + fold + SVG and folded for all + 3 phases", |b| {
+        b.iter(|| {
+            let k = Kallsyms::load();
+            black_box(k.lookup(0));
+            let f = fold(&raw, &mut symbolizer, &mut cache, &kallsyms, COMM);
+            write(&f, Some(&svg), Some(&folded_file), &title).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -30,6 +30,8 @@ pub struct AttachOptions {
     pub stages: Vec<StageDef>,
     /// CPU sampling frequency; None = no CPU profile.
     pub sample_hz: Option<u64>,
+    /// Record where and how long threads block (sched_switch).
+    pub offcpu: bool,
 }
 
 impl Default for AttachOptions {
@@ -43,6 +45,7 @@ impl Default for AttachOptions {
             status: true,
             stages: Vec::new(),
             sample_hz: None,
+            offcpu: false,
         }
     }
 }
@@ -79,6 +82,11 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     let mut collector = StageCollector::default();
     if let Some(hz) = opts.sample_hz {
         probes.start_profiler(opts.pid, hz)?;
+    }
+    let profiling = opts.sample_hz.is_some() || opts.offcpu;
+    if opts.offcpu {
+        probes.set_phase(opts.pid, agent_common::phase::IDLE)?;
+        probes.start_offcpu()?;
     }
     let mut last_phase = agent_common::phase::IDLE;
     let mut symbolizer = crate::symbols::Symbolizer::new();
@@ -125,19 +133,25 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
                 if let Some(sr) = &mut stage_ring {
                     drain_stages(sr, &mut collector);
                 }
-                if opts.sample_hz.is_some() {
+                if profiling {
                     let phase = tracker.phase(opts.pid);
                     if phase != last_phase && probes.set_phase(opts.pid, phase).is_ok() {
                         last_phase = phase;
                     }
                 }
             }
-            _ = rescan.tick(), if resolver.is_some() || opts.sample_hz.is_some() => {
+            _ = rescan.tick(), if resolver.is_some() || profiling => {
+                // Symbolize while the process (its maps, its files under /proc/PID/root) exists.
                 if opts.sample_hz.is_some() {
-                    // Symbolize while the process (its maps, its files under /proc/PID/root) exists.
                     match probes.read_samples() {
                         Ok(raw) => crate::profile::symbolize_new(&raw, &mut symbolizer, &mut user_frames),
                         Err(e) => log::warn!("reading CPU samples: {e}"),
+                    }
+                }
+                if opts.offcpu {
+                    match probes.read_offcpu() {
+                        Ok(raw) => crate::profile::symbolize_new(&raw, &mut symbolizer, &mut user_frames),
+                        Err(e) => log::warn!("reading off-CPU time: {e}"),
                     }
                 }
                 // Libraries loaded since the last look (dlopen) get their probes now.
@@ -191,6 +205,7 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         Some(_) => Some(probes.read_samples()?),
         None => None,
     };
+    let offcpu_profile = if opts.offcpu { Some(crate::profile::ns_to_us(probes.read_offcpu()?)) } else { None };
     let duration_s = started.elapsed().as_secs_f64();
     let _ = probes.remove_target(opts.pid);
     drop(probes); // detaches every program
@@ -209,11 +224,16 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
             pending: r.pending().iter().map(|d| d.name.clone()).collect(),
         }
     });
-    let cpu = cpu_profile.map(|raw| {
-        crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &crate::profile::Kallsyms::load(), &target.comm)
+    let kallsyms = crate::profile::Kallsyms::load();
+    let cpu =
+        cpu_profile.map(|raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm));
+    let offcpu = offcpu_profile.map(|raw| crate::profile::Folded {
+        unit: Some("us"),
+        ..crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm)
     });
     Ok(Report {
         cpu,
+        offcpu,
         stages: stage_report,
         target,
         requests: kept,

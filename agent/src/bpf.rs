@@ -79,6 +79,8 @@ pub struct KernelCounters {
     pub stage_stacks_full: u64,
     pub samples_map_full: u64,
     pub user_stack_missing: u64,
+    pub offcpu_map_full: u64,
+    pub proc_events_lost: u64,
 }
 
 impl KernelCounters {
@@ -91,6 +93,7 @@ pub struct SocketProbes {
     ebpf: Ebpf,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     stages_loaded: bool,
+    sched_exit_attached: bool,
     /// Uprobe links attached (entry and return counted separately).
     pub uprobes_attached: usize,
 }
@@ -130,7 +133,7 @@ impl SocketProbes {
                 source,
             })?;
         }
-        Ok(Self { ebpf, _logger: logger, stages_loaded: false, uprobes_attached: 0 })
+        Ok(Self { ebpf, _logger: logger, stages_loaded: false, sched_exit_attached: false, uprobes_attached: 0 })
     }
 
     /// Loads the stage programs (once) and the thread-exit cleanup tracepoint.
@@ -142,16 +145,60 @@ impl SocketProbes {
             let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
             prog.load().map_err(|e| verifier_error(name, e))?;
         }
-        let exit: &mut TracePoint = program_mut(&mut self.ebpf, "sched_exit")?;
-        exit.load().map_err(|e| verifier_error("sched_exit", e))?;
-        exit.attach("sched", "sched_process_exit").map_err(|source| ProbeError::Attach {
-            program: "sched_exit".into(),
-            category: "sched".into(),
-            name: "sched_process_exit".into(),
-            source,
-        })?;
+        self.attach_sched_exit()?;
         self.stages_loaded = true;
         Ok(())
+    }
+
+    /// Thread-exit cleanup of per-thread kernel state (and exit records in daemon mode).
+    fn attach_sched_exit(&mut self) -> Result<(), ProbeError> {
+        if !self.sched_exit_attached {
+            self.attach_tracepoint("sched_exit", "sched", "sched_process_exit")?;
+            self.sched_exit_attached = true;
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<(), ProbeError> {
+        let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
+        prog.load().map_err(|e| verifier_error(program, e))?;
+        prog.attach(category, name).map_err(|source| ProbeError::Attach {
+            program: program.into(),
+            category: category.into(),
+            name: name.into(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    fn set_setting(&mut self, which: u32, on: bool) -> Result<(), ProbeError> {
+        let map = self.ebpf.map_mut(maps::SETTINGS).ok_or(ProbeError::Map {
+            name: maps::SETTINGS,
+            source: aya::maps::MapError::InvalidName { name: maps::SETTINGS.into() },
+        })?;
+        let mut arr = aya::maps::Array::<_, u32>::try_from(map)
+            .map_err(|source| ProbeError::Map { name: maps::SETTINGS, source })?;
+        arr.set(which, u32::from(on), 0).map_err(|source| ProbeError::Map { name: maps::SETTINGS, source })
+    }
+
+    /// Records how long threads of profiled processes block, and where (sched_switch).
+    pub fn start_offcpu(&mut self) -> Result<(), ProbeError> {
+        self.attach_sched_exit()?;
+        self.attach_tracepoint("offcpu_switch", "sched", "sched_switch")?;
+        self.set_setting(agent_common::setting::OFFCPU, true)
+    }
+
+    /// Exec records for every process and exit records for targets, for daemon discovery;
+    /// returns the ring buffer they arrive on.
+    pub fn start_proc_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        self.attach_sched_exit()?;
+        self.attach_tracepoint("proc_exec", "sched", "sched_process_exec")?;
+        self.set_setting(agent_common::setting::PROC_EVENTS, true)?;
+        let map = self.ebpf.take_map(maps::PROC_EVENTS).ok_or(ProbeError::Map {
+            name: maps::PROC_EVENTS,
+            source: aya::maps::MapError::InvalidName { name: maps::PROC_EVENTS.into() },
+        })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::PROC_EVENTS, source })
     }
 
     /// Times every call of the function at `file_offset` in `binary` made by process `pid`,
@@ -218,14 +265,96 @@ impl SocketProbes {
         m.insert(pid, phase, 0).map_err(|source| ProbeError::Map { name: maps::PROFILE_PHASE, source })
     }
 
+    /// Stops profiling `pid` and drops its sample and off-CPU counts (the process is gone).
+    pub fn forget_profile(&mut self, pid: u32) {
+        if let Ok(mut m) = self.map_mut::<u32, u32>(maps::PROFILE_PHASE) {
+            let _ = m.remove(&pid);
+        }
+        for name in [maps::SAMPLES, maps::OFFCPU] {
+            let Some(map) = self.ebpf.map_mut(name) else { continue };
+            let Ok(mut m) = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map) else {
+                continue;
+            };
+            let keys: Vec<_> = m.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+            for k in &keys {
+                let _ = m.remove(k);
+            }
+        }
+    }
+
+    /// (map, entries, capacity) of the bounded kernel maps, for fill reporting. Walks every key:
+    /// call it at scrape rate, not per event.
+    pub fn map_fill(&self) -> Vec<(&'static str, usize, u32)> {
+        use agent_common::{limits, OffCpuStart, SampleKey, StageStack, SyscallArgs};
+        let hash = |name: &'static str, n: fn(&aya::maps::Map) -> Option<usize>| self.ebpf.map(name).and_then(n);
+        let rows: [(&'static str, Option<usize>, u32); 8] = [
+            (
+                maps::TARGETS,
+                hash(maps::TARGETS, |m| HashMap::<_, u32, u32>::try_from(m).ok().map(|m| m.keys().count())),
+                limits::TARGETS,
+            ),
+            (
+                maps::CONNS,
+                hash(maps::CONNS, |m| HashMap::<_, u64, u32>::try_from(m).ok().map(|m| m.keys().count())),
+                limits::CONNS,
+            ),
+            (
+                maps::ARGS,
+                hash(maps::ARGS, |m| HashMap::<_, u64, SyscallArgs>::try_from(m).ok().map(|m| m.keys().count())),
+                limits::ARGS,
+            ),
+            (
+                maps::STAGE_STACKS,
+                hash(maps::STAGE_STACKS, |m| HashMap::<_, u32, StageStack>::try_from(m).ok().map(|m| m.keys().count())),
+                limits::STAGE_STACKS,
+            ),
+            (
+                maps::PROFILE_PHASE,
+                hash(maps::PROFILE_PHASE, |m| HashMap::<_, u32, u32>::try_from(m).ok().map(|m| m.keys().count())),
+                limits::TARGETS,
+            ),
+            (
+                maps::SAMPLES,
+                hash(maps::SAMPLES, |m| {
+                    aya::maps::PerCpuHashMap::<_, SampleKey, u64>::try_from(m).ok().map(|m| m.keys().count())
+                }),
+                limits::SAMPLES,
+            ),
+            (
+                maps::OFFCPU,
+                hash(maps::OFFCPU, |m| {
+                    aya::maps::PerCpuHashMap::<_, SampleKey, u64>::try_from(m).ok().map(|m| m.keys().count())
+                }),
+                limits::OFFCPU,
+            ),
+            (
+                maps::OFFCPU_START,
+                hash(maps::OFFCPU_START, |m| {
+                    HashMap::<_, u32, OffCpuStart>::try_from(m).ok().map(|m| m.keys().count())
+                }),
+                limits::OFFCPU_START,
+            ),
+        ];
+        rows.into_iter().map(|(name, n, cap)| (name, n.unwrap_or(0), cap)).collect()
+    }
+
     /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
     pub fn read_samples(&self) -> Result<crate::profile::RawProfile, ProbeError> {
-        let map = self.ebpf.map(maps::SAMPLES).ok_or(ProbeError::Map {
-            name: maps::SAMPLES,
-            source: aya::maps::MapError::InvalidName { name: maps::SAMPLES.into() },
-        })?;
+        self.read_stack_counts(maps::SAMPLES)
+    }
+
+    /// Off-CPU nanoseconds per (process, phase, stacks), summed over CPUs.
+    pub fn read_offcpu(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+        self.read_stack_counts(maps::OFFCPU)
+    }
+
+    fn read_stack_counts(&self, name: &'static str) -> Result<crate::profile::RawProfile, ProbeError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         let counts = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map)
-            .map_err(|source| ProbeError::Map { name: maps::SAMPLES, source })?;
+            .map_err(|source| ProbeError::Map { name, source })?;
         let map = self.ebpf.map(maps::STACKS).ok_or(ProbeError::Map {
             name: maps::STACKS,
             source: aya::maps::MapError::InvalidName { name: maps::STACKS.into() },
@@ -325,6 +454,8 @@ impl SocketProbes {
             stage_stacks_full: get(counter::STAGE_STACKS_FULL),
             samples_map_full: get(counter::SAMPLES_FULL),
             user_stack_missing: get(counter::USER_STACK_MISSING),
+            offcpu_map_full: get(counter::OFFCPU_FULL),
+            proc_events_lost: get(counter::PROC_LOST),
         }
     }
 

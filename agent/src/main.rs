@@ -59,6 +59,10 @@ enum Command {
         /// CPU sampling frequency in Hz (software cpu-clock).
         #[arg(long, default_value_t = 99)]
         frequency: u64,
+        /// Also record off-CPU time (where threads block, and for how long, from scheduler
+        /// switches), written beside the CPU files as FILE.offcpu.svg / FILE.offcpu (microseconds).
+        #[arg(long)]
+        off_cpu: bool,
     },
 }
 
@@ -89,7 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             flamegraph,
             folded,
             frequency,
+            off_cpu,
         } => {
+            anyhow::ensure!(
+                !off_cpu || flamegraph.is_some() || folded.is_some(),
+                "--off-cpu writes its flamegraph beside the CPU one: give --flamegraph FILE.svg or --folded FILE"
+            );
             anyhow::ensure!((1..=10_000).contains(&frequency), "--frequency must be 1..=10000 Hz");
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
@@ -102,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 status: !quiet,
                 stages: inferscope::stages::collect(&profiles, &stages)?,
                 sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),
+                offcpu: off_cpu,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -111,6 +121,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(cpu) = &report.cpu {
                 let title = format!("{} (pid {}) — {:.1} s", report.target.comm, report.target.pid, report.duration_s);
                 for p in inferscope::profile::write(cpu, flamegraph.as_deref(), folded.as_deref(), &title)? {
+                    eprintln!("inferscope: wrote {}", p.display());
+                }
+            }
+            if let Some(off) = &report.offcpu {
+                let title =
+                    format!("{} (pid {}) off-CPU — {:.1} s", report.target.comm, report.target.pid, report.duration_s);
+                let svg = flamegraph.as_deref().map(|p| inferscope::profile::phase_path(p, "offcpu"));
+                let fold = folded.as_deref().map(|p| inferscope::profile::phase_path(p, "offcpu"));
+                for p in inferscope::profile::write(off, svg.as_deref(), fold.as_deref(), &title)? {
                     eprintln!("inferscope: wrote {}", p.display());
                 }
             }

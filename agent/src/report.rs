@@ -142,6 +142,8 @@ pub struct Report {
     pub stages: Option<StageReport>,
     /// Folded CPU samples per phase, when sampling ran.
     pub cpu: Option<crate::profile::Folded>,
+    /// Folded off-CPU microseconds per phase, when `--off-cpu` ran.
+    pub offcpu: Option<crate::profile::Folded>,
 }
 
 impl Report {
@@ -220,7 +222,30 @@ impl Report {
                 "top_functions": crate::profile::top_functions(cpu, 20).into_iter().map(|(f, s, t)| serde_json::json!({"function": f, "self": s, "total": t})).collect::<Vec<_>>(),
             });
         }
+        if let Some(off) = &self.offcpu {
+            doc["off_cpu"] = serde_json::json!({
+                "total_us": off.samples,
+                "by_phase_us": off.by_phase.iter().map(|(p, s)| (p.clone(), s.values().sum::<u64>())).collect::<BTreeMap<_, _>>(),
+                "map_full": self.kernel.offcpu_map_full,
+                "top_functions": crate::profile::top_functions(off, 20).into_iter().map(|(f, s, t)| serde_json::json!({"function": f, "self": s, "total": t})).collect::<Vec<_>>(),
+            });
+        }
         doc
+    }
+
+    fn render_offcpu(&self, o: &mut String) {
+        let Some(off) = &self.offcpu else { return };
+        let _ = writeln!(
+            o,
+            "
+Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
+            off.samples as f64 / 1e6
+        );
+        let _ = writeln!(o, "{:<60}{:>8}{:>8}", "top blocking functions", "self", "total");
+        for (f, s, t) in crate::profile::top_functions(off, 12) {
+            let name: String = if f.chars().count() > 58 { f.chars().take(57).collect::<String>() + "…" } else { f };
+            let _ = writeln!(o, "{name:<60}{:>7.1}%{:>7.1}%", s * 100.0, t * 100.0);
+        }
     }
 
     fn render_cpu(&self, o: &mut String) {
@@ -360,6 +385,7 @@ impl Report {
         }
         self.render_stages(&mut o, width);
         self.render_cpu(&mut o);
+        self.render_offcpu(&mut o);
         o.push_str(&self.waterfall(width, max_rows));
         o
     }
@@ -545,6 +571,7 @@ mod tests {
             ended_by: "duration".into(),
             stages: None,
             cpu: None,
+            offcpu: None,
         };
         let text = report.render(100, 10);
         assert!(text.contains("time to first token"));

@@ -199,3 +199,60 @@ fn prefill_and_decode_flamegraphs_split_by_phase() {
     assert!(dd > 0.6 && dd > 3.0 * dp, "decode flamegraph dominated by decode_work");
     assert!(dir.join("cpu.prefill.svg").exists() && dir.join("cpu.decode.svg").exists());
 }
+
+/// `--off-cpu`: a thread that blocks 14 ms per cycle in block_a (nanosleep) and ~6 ms in block_b
+/// (a pipe read answered by another thread). Ground truth is the fixture's own wall time in each
+/// function; the off-CPU flamegraph must give the same split within 5 points and account for
+/// about the whole attach window of that thread.
+#[test]
+fn off_cpu_time_by_blocking_function() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-offcpu");
+    let exe = dir.join("block");
+    let st = Command::new("cc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(workspace_root().join("tests/targets/block.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let truth_file = dir.join("truth.txt");
+    // The fixture counts from SIGUSR1, sent once we are attached, and exits 3 s later: its truth
+    // covers our window but for the few milliseconds between attaching and the signal.
+    let (mut child, pid) = start(Command::new(&exe).args(["3", "14", "6"]).arg(&truth_file));
+    let folded = dir.join("cpu.folded");
+    let agent = Agent::attach(
+        pid,
+        &dir.join("report.json"),
+        &["--folded", folded.to_str().unwrap(), "--off-cpu", "--frequency", "49"],
+    );
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    assert!(child.wait().unwrap().success());
+    let report = agent.wait_report();
+    let off = read_folded(&dir.join("cpu.offcpu.folded"));
+    let truth: HashMap<String, f64> = std::fs::read_to_string(&truth_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap())))
+        .collect();
+    let (ta, tb) = (truth["block_a_ns"], truth["block_b_ns"]);
+    let truth_a = ta / (ta + tb);
+    let us = |name: &str| -> u64 { off.iter().filter(|(s, _)| s.split(';').any(|f| f == name)).map(|(_, n)| n).sum() };
+    let (a_us, b_us) = (us("block_a"), us("block_b"));
+    let ours_a = a_us as f64 / (a_us + b_us).max(1) as f64;
+    eprintln!(
+        "off-CPU: block_a {a_us} us, block_b {b_us} us (share {:.1}%); fixture: {:.1}% of {:.3} s",
+        ours_a * 100.0,
+        truth_a * 100.0,
+        (ta + tb) / 1e9
+    );
+    assert!((ours_a - truth_a).abs() <= 0.05, "block_a share {ours_a} vs truth {truth_a}");
+    // The main thread blocks nearly all the time, so the time we put on the two functions is
+    // what the fixture measured, plus the cycles between attaching and the signal.
+    let ours_s = (a_us + b_us) as f64 / 1e6;
+    let truth_s = (ta + tb) / 1e9;
+    assert!(ours_s > 0.9 * truth_s && ours_s < 1.15 * truth_s, "off-CPU {ours_s:.3} s vs fixture {truth_s:.3} s");
+    assert!(report["off_cpu"]["total_us"].as_u64().unwrap() >= a_us + b_us);
+    assert!(off.keys().any(|s| s.contains("_[k]")), "kernel frames of the blocking syscalls");
+}

@@ -272,7 +272,9 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
         .spawn()?;
     let server = KillOnDrop(server);
     let chat = |n: usize| -> Result<f64> {
-        let body = format!(r#"{{"messages":[{{"role":"user","content":"Write a long story about a robot, part {n}."}}],"stream":true,"max_tokens":96,"temperature":0,"cache_prompt":false}}"#);
+        let body = format!(
+            r#"{{"messages":[{{"role":"user","content":"Write a long story about a robot, part {n}."}}],"stream":true,"max_tokens":96,"temperature":0,"cache_prompt":false}}"#
+        );
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
         write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
         let mut out = String::new();
@@ -296,11 +298,19 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
             let rates: Vec<f64> = (0..3).map(|k| chat(i * 10 + k)).collect::<Result<_>>()?;
             let m = mean(&rates);
             eprintln!("  {:<10} {m:>7.1} tokens/s", if attached { "attached" } else { "baseline" });
-            if attached { with.push(m) } else { without.push(m) }
+            if attached {
+                with.push(m)
+            } else {
+                without.push(m)
+            }
             drop(agent);
         }
     }
     let (a, b) = (mean(&with), mean(&without));
-    println!("RESULT llama-server decode tokens/s: baseline {b:.1}, with --profile llama.cpp {a:.1}, ratio {:.4} ({:+.2}%)", a / b, (a / b - 1.0) * 100.0);
+    println!(
+        "RESULT llama-server decode tokens/s: baseline {b:.1}, with --profile llama.cpp {a:.1}, ratio {:.4} ({:+.2}%)",
+        a / b,
+        (a / b - 1.0) * 100.0
+    );
     Ok(())
 }

@@ -211,7 +211,21 @@ fn test(extra: &[String]) -> Result<()> {
     }
     step("test: unit, parser and privileged eBPF integration tests");
     run(Command::new("cargo")
-        .args(["test", "--release", "--no-fail-fast", "--lib", "--bins", "--tests", "-p", "inferscope", "-p", "agent-common", "-p", "testbed", "--"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "-p",
+            "inferscope",
+            "-p",
+            "agent-common",
+            "-p",
+            "testbed",
+            "--",
+        ])
         .args(extra)
         .env("INFERSCOPE_REQUIRE_ROOT", "1"))
 }

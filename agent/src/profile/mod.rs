@@ -57,6 +57,23 @@ pub struct Folded {
     pub no_user_stack: u64,
     /// Samples whose user stack stops before a thread entry point (no frame pointers).
     pub truncated: u64,
+    /// What the counts are: `None` = CPU samples; `Some("us")` = off-CPU microseconds.
+    pub unit: Option<&'static str>,
+}
+
+impl Folded {
+    pub fn unit_name(&self) -> &'static str {
+        self.unit.unwrap_or("samples")
+    }
+}
+
+/// Off-CPU counts arrive as nanoseconds; flamegraphs of them are in microseconds.
+pub fn ns_to_us(mut raw: RawProfile) -> RawProfile {
+    for (_, v) in &mut raw.samples {
+        *v /= 1000;
+    }
+    raw.samples.retain(|(_, v)| *v > 0);
+    raw
 }
 
 /// Outermost frames of a complete user stack on Linux (glibc/musl, Rust std, Go not included).
@@ -181,7 +198,8 @@ pub fn write(
         if let Some(p) = svg {
             let p = phase_path(p, phase_name);
             let mut opts = inferno::flamegraph::Options::default();
-            opts.title = format!("{title} — {phase_name}, {count} samples");
+            opts.title = format!("{title} — {phase_name}, {count} {}", folded.unit_name());
+            opts.count_name = folded.unit_name().to_string();
             let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
             inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut f)?;
             written.push(p);
