@@ -32,6 +32,7 @@ pub mod maps {
     pub const OFFCPU_START: &str = "OFFCPU_START";
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const WATCH_COMMS: &str = "WATCH_COMMS";
 }
 
 /// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
@@ -51,6 +52,8 @@ pub mod limits {
     pub const OFFCPU: u32 = 65536;
     /// Bytes of the process lifecycle ring buffer (exec/exit records, daemon mode).
     pub const PROC_EVENTS_BYTES: u32 = 1 << 18;
+    /// Exact process names (comm) the daemon follows from the moment of exec.
+    pub const WATCH_COMMS: u32 = 256;
 }
 
 /// Indices of the `SETTINGS` array (userspace switches, all 0 = off).

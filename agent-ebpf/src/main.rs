@@ -16,7 +16,7 @@ use agent_common::{
     MAX_IOVECS,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::{map, perf_event, tracepoint, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{tracing::StackIdContext as _, PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -376,7 +376,13 @@ fn thread_stack(tid: u32, create: bool) -> Option<&'static mut StageStack> {
 pub fn stage_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: the context pointer comes from the kernel.
     let stage = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // The daemon shares one uprobe per (file, offset) among all processes running that file;
+    // only followed processes count.
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let tid = pid_tgid as u32;
     let Some(stack) = thread_stack(tid, true) else { return 0 };
     let d = stack.depth as usize;
     stack.depth += 1;
@@ -396,6 +402,9 @@ pub fn stage_exit(ctx: RetProbeContext) -> u32 {
     // SAFETY: the context pointer comes from the kernel.
     let stage = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     let Some(stack) = thread_stack(pid_tgid as u32, false) else {
         bump(counter::STAGE_UNMATCHED);
         return 0;
@@ -471,13 +480,27 @@ fn proc_record(tgid: u32, kind: u32) {
     }
 }
 
+#[map]
+static WATCH_COMMS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(limits::WATCH_COMMS, 0);
+
 /// Every exec on the machine (they are rare): the daemon matches the new image against its rules.
+/// A process whose new name is one a rule names exactly is followed from this instant (its
+/// first accept and first probed call count); the daemon confirms or drops it when it reads the
+/// record.
 #[tracepoint]
 pub fn proc_exec(ctx: TracePointContext) -> u32 {
     let _ = ctx;
-    if enabled(setting::PROC_EVENTS) {
-        proc_record((bpf_get_current_pid_tgid() >> 32) as u32, proc_event::EXEC);
+    if !enabled(setting::PROC_EVENTS) {
+        return 0;
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        // SAFETY: read-only lookup.
+        if unsafe { WATCH_COMMS.get(&comm) }.is_some() && TARGETS.insert(&tgid, &1, 0).is_err() {
+            bump(counter::PROC_LOST);
+        }
+    }
+    proc_record(tgid, proc_event::EXEC);
     0
 }
 

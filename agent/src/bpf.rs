@@ -48,6 +48,8 @@ pub enum ProbeError {
          CAP_SYS_RESOURCE (effective capabilities here: {effective})"
     )]
     MissingCapability { effective: String },
+    #[error("missing capabilities: {missing}; run as root or grant them (effective capabilities here: {effective})")]
+    MissingDaemonCapabilities { missing: String, effective: String },
     #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted ({0}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing`")]
     NoTracefs(std::io::Error),
     #[error("the kernel refused eBPF program `{program}`: {reason}")]
@@ -87,6 +89,13 @@ impl KernelCounters {
     pub fn lost_total(&self) -> u64 {
         self.lost_reads + self.lost_writes + self.lost_accepts + self.lost_closes
     }
+}
+
+/// One attached uprobe, for [`SocketProbes::detach_stages`].
+#[derive(Debug)]
+pub struct StageLink {
+    program: &'static str,
+    id: aya::programs::uprobe::UProbeLinkId,
 }
 
 pub struct SocketProbes {
@@ -137,7 +146,7 @@ impl SocketProbes {
     }
 
     /// Loads the stage programs (once) and the thread-exit cleanup tracepoint.
-    fn load_stage_programs(&mut self) -> Result<(), ProbeError> {
+    pub fn load_stage_programs(&mut self) -> Result<(), ProbeError> {
         if self.stages_loaded {
             return Ok(());
         }
@@ -181,6 +190,15 @@ impl SocketProbes {
         arr.set(which, u32::from(on), 0).map_err(|source| ProbeError::Map { name: maps::SETTINGS, source })
     }
 
+    /// Processes exec'ing under this exact name (first 15 bytes) are followed from the exec on.
+    pub fn watch_comm(&mut self, comm: &str) -> Result<(), ProbeError> {
+        let mut key = [0u8; 16];
+        let n = comm.len().min(15);
+        key[..n].copy_from_slice(&comm.as_bytes()[..n]);
+        let mut m: HashMap<_, [u8; 16], u32> = self.map_mut(maps::WATCH_COMMS)?;
+        m.insert(key, 1, 0).map_err(|source| ProbeError::Map { name: maps::WATCH_COMMS, source })
+    }
+
     /// Records how long threads of profiled processes block, and where (sched_switch).
     pub fn start_offcpu(&mut self) -> Result<(), ProbeError> {
         self.attach_sched_exit()?;
@@ -211,25 +229,42 @@ impl SocketProbes {
         file_offset: u64,
         pid: u32,
         with_return: bool,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<Vec<StageLink>, ProbeError> {
         self.load_stage_programs()?;
         let scope = std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let programs: &[&str] = if with_return { &["stage_enter", "stage_exit"] } else { &["stage_enter"] };
+        let mut links = Vec::new();
         for &name in programs {
             let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(file_offset),
                 cookie: Some(stage as u64),
             };
-            prog.attach(point, binary, scope).map_err(|source| ProbeError::Attach {
+            let id = prog.attach(point, binary, scope).map_err(|source| ProbeError::Attach {
                 program: name.into(),
                 category: "uprobe".into(),
                 name: format!("{}+{file_offset:#x}", binary.display()),
                 source,
             })?;
             self.uprobes_attached += 1;
+            links.push(StageLink { program: name, id });
         }
-        Ok(())
+        Ok(links)
+    }
+
+    /// Removes uprobes attached by [`attach_stage`](Self::attach_stage) (the process is gone or
+    /// runs another program now); returns how many were removed.
+    pub fn detach_stages(&mut self, links: Vec<StageLink>) -> usize {
+        let mut removed = 0;
+        for link in links {
+            let Ok(prog) = program_mut::<UProbe>(&mut self.ebpf, link.program) else { continue };
+            match prog.detach(link.id) {
+                Ok(()) => removed += 1,
+                Err(e) => log::warn!("detaching a {} uprobe: {e}", link.program),
+            }
+        }
+        self.uprobes_attached = self.uprobes_attached.saturating_sub(removed);
+        removed
     }
 
     /// Samples every CPU at `hz` with the software cpu-clock (no hardware PMU needed); only
@@ -527,6 +562,33 @@ pub fn check_privileges() -> Result<(), ProbeError> {
     } else {
         Err(ProbeError::MissingCapability { effective: effective_caps() })
     }
+}
+
+/// Capabilities the daemon needs, with what each is for.
+const DAEMON_CAPS: &[(u32, &str, &str)] = &[
+    (CAP_BPF, "CAP_BPF", "load eBPF programs and maps"),
+    (CAP_PERFMON, "CAP_PERFMON", "attach tracepoints, uprobes and perf events"),
+    (19, "CAP_SYS_PTRACE", "read other processes' /proc/PID/maps, fds and root"),
+    (2, "CAP_DAC_READ_SEARCH", "open target binaries and /proc files of other users"),
+];
+
+/// The daemon refuses to start without what it needs, naming each missing capability.
+/// (CAP_SYS_RESOURCE only matters for the memlock limit of kernels before 5.11: warned about.)
+pub fn check_daemon_capabilities() -> Result<(), ProbeError> {
+    let Some(caps) = cap_eff() else { return Ok(()) };
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    let missing: Vec<String> = DAEMON_CAPS
+        .iter()
+        .filter(|(bit, _, _)| !has(*bit) && !(has(CAP_SYS_ADMIN) && (*bit == CAP_BPF || *bit == CAP_PERFMON)))
+        .map(|(_, name, why)| format!("{name} ({why})"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ProbeError::MissingDaemonCapabilities { missing: missing.join(", "), effective: effective_caps() });
+    }
+    if !has(24) {
+        log::info!("CAP_SYS_RESOURCE is absent: fine on kernels >= 5.11 (eBPF memory is not charged to memlock)");
+    }
+    Ok(())
 }
 
 fn ensure_tracefs() -> Result<(), ProbeError> {

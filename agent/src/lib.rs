@@ -3,7 +3,9 @@
 
 pub mod attach;
 pub mod bpf;
+pub mod daemon;
 pub mod event;
+pub mod gpu;
 pub mod http;
 pub mod procfs;
 pub mod profile;

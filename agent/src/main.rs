@@ -20,6 +20,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run as a node agent: discover inference processes by rules, follow them as they come and
+    /// go, and serve Prometheus metrics and flamegraphs over HTTP.
+    Agent {
+        /// TOML config (listen address, limits, [[rule]]s); see deploy/config/config.toml.
+        #[arg(long, default_value = "/etc/inferscope/config.toml")]
+        config: PathBuf,
+        /// Override the config's listen address.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Attach to one running process and measure the streams it serves.
     Attach {
         /// Process to attach to.
@@ -80,6 +90,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Agent { config, listen } => {
+            let mut cfg = inferscope::daemon::Config::load(&config)?;
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(inferscope::daemon::run(cfg, config))
+        }
         Command::Attach {
             pid,
             duration,

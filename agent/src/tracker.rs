@@ -136,6 +136,10 @@ impl Tracker {
         self.conns.values().map(Connection::in_flight).sum()
     }
 
+    pub fn in_flight_of(&self, tgid: u32) -> usize {
+        self.conns.iter().filter(|(k, _)| k.0 == tgid).map(|(_, c)| c.in_flight()).sum()
+    }
+
     /// The phase a process is in, as its streams tell: prefill while any request waits for its
     /// first token, decode while others stream, idle otherwise.
     pub fn phase(&self, tgid: u32) -> u32 {

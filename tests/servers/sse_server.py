@@ -15,6 +15,7 @@ bpf_ktime_get_ns() reads.
 """
 
 import argparse
+import os
 import json
 import math
 import signal
@@ -356,8 +357,20 @@ def main():
     def stop(signum, frame):
         raise SystemExit(0)
 
+    def restart(signum, frame):
+        # A restart in place: same PID, new program image (what an exec-based supervisor or a
+        # `--reload` does). The listening socket is close-on-exec; the new image binds the same port.
+        port = server.server_address[1]
+        argv = [a for a in sys.argv if a != "--port"]
+        if "--port" in sys.argv:
+            i = sys.argv.index("--port")
+            argv = sys.argv[:i] + sys.argv[i + 2 :]
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable] + argv + ["--port", str(port)])
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, restart)
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

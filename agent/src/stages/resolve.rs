@@ -39,6 +39,32 @@ pub enum StageError {
     TooMany { stage: String, spec: String, count: usize },
 }
 
+/// Symbol tables shared by every resolver in this process (the daemon resolves the same
+/// executable and libc for each new server process): keyed by (device, inode, size, mtime).
+const ELF_CACHE_ENTRIES: usize = 64;
+type ElfKey = ((u32, u32), u64, u64, i64);
+static ELF_CACHE: std::sync::Mutex<Vec<(ElfKey, std::sync::Arc<ElfSymbols>)>> = std::sync::Mutex::new(Vec::new());
+
+fn load_cached(m: &Module, open: &std::path::Path) -> Result<std::sync::Arc<ElfSymbols>, SymbolError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let key = std::fs::metadata(open).ok().map(|md| (m.dev, m.inode, md.size(), md.mtime()));
+    if let Some(key) = key {
+        let cache = ELF_CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, e)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(e.clone());
+        }
+    }
+    let elf = std::sync::Arc::new(ElfSymbols::load(open)?);
+    if let Some(key) = key {
+        let mut cache = ELF_CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= ELF_CACHE_ENTRIES {
+            cache.remove(0); // oldest first
+        }
+        cache.push((key, elf.clone()));
+    }
+    Ok(elf)
+}
+
 pub struct StageResolver {
     pid: u32,
     defs: Vec<StageDef>,
@@ -85,7 +111,7 @@ impl StageResolver {
         let mut stripped: Vec<String> = Vec::new();
         for m in &fresh {
             let Some(open) = &m.open_path else { continue };
-            let elf = match ElfSymbols::load(open) {
+            let elf = match load_cached(m, open) {
                 Ok(e) => e,
                 Err(e) => {
                     log::debug!("skipping {}: {e}", m.path.display());

@@ -82,7 +82,7 @@ pub fn resolve(elf: &ElfSymbols, spec: &str) -> Result<Vec<SymbolMatch>, SymbolE
 
 /// Glob with `*` (any run, including empty) and `?` (one character), case-sensitive.
 /// Iterative with single-star backtracking: linear for the patterns people type.
-pub(super) fn glob_match(pattern: &str, text: &str) -> bool {
+pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;

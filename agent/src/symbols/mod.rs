@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use cache::{Frame, Symbolizer, SymbolizerStats, JIT_MODULE};
 pub use elf::{ElfSymbols, ElfType, LoadSegment, Symbol};
-pub use matcher::{resolve, SymbolMatch};
+pub use matcher::{glob_match, resolve, SymbolMatch};
 pub use perfmap::{PerfMap, PerfMapEntry};
 pub use process::{
     addr_to_file_vaddr, modules, modules_with_root, parse_maps, parse_maps_line, read_maps, ExecRange, MapEntry,

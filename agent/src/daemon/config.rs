@@ -1,0 +1,199 @@
+//! The daemon's configuration file (TOML): where to listen, the limits, and the discovery rules.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::symbols::glob_match;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `/metrics`, `/flamegraph.svg`, `/healthz`, `/readyz`. Loopback unless configured.
+    pub listen: SocketAddr,
+    /// Periodic /proc scan that catches exec/exit records the kernel could not deliver.
+    pub reconcile_seconds: f64,
+    /// Hard cap on exported series (all families together); refusals are counted.
+    pub max_series: usize,
+    /// Processes followed at once.
+    pub max_targets: usize,
+    pub ring_buffer_bytes: u32,
+    /// NVML sampling rate; 0 turns GPU telemetry off.
+    pub gpu_sample_hz: f64,
+    pub nvml_library: Option<PathBuf>,
+    /// Series of a label set whose processes are all gone are removed after this long.
+    pub series_grace_seconds: f64,
+    /// A uprobe no followed process uses any more is kept this long (restarts reuse it).
+    pub uprobe_linger_seconds: f64,
+    #[serde(rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            reconcile_seconds: 10.0,
+            max_series: 10_000,
+            max_targets: 256,
+            ring_buffer_bytes: agent_common::DEFAULT_RING_BYTES,
+            gpu_sample_hz: 10.0,
+            nvml_library: None,
+            series_grace_seconds: 120.0,
+            uprobe_linger_seconds: 60.0,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Which processes to follow. Every non-empty field must match; within a list, any entry may.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    pub name: String,
+    /// Globs on /proc/PID/comm (at most 15 characters, as the kernel keeps it).
+    pub comm: Vec<String>,
+    /// Globs on the executable's path.
+    pub exe: Vec<String>,
+    /// Globs on the command line, arguments joined with spaces.
+    pub cmdline: Vec<String>,
+    /// The process must listen on one of these TCP ports.
+    pub ports: Vec<u16>,
+    /// Kubernetes pod labels that must all be equal.
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+    /// Stage profile (`llama.cpp`, `cuda`, or a .stages file); empty = stream timing only.
+    pub profile: String,
+    /// The `service` label; empty = the pod's app label, else the rule's name.
+    pub service: String,
+}
+
+/// What discovery knows about a process when it matches rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFacts {
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub listening: Vec<u16>,
+    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Rule {
+    /// Matches without the listening ports (cheap: no socket walk).
+    pub fn matches_identity(&self, p: &ProcessFacts) -> bool {
+        let any = |globs: &[String], text: &str| globs.is_empty() || globs.iter().any(|g| glob_match(g, text));
+        let labels = self.pod_labels.is_empty()
+            || p.pod_labels.as_ref().is_some_and(|l| self.pod_labels.iter().all(|(k, v)| l.get(k) == Some(v)));
+        any(&self.comm, &p.comm) && any(&self.exe, &p.exe) && any(&self.cmdline, &p.cmdline) && labels
+    }
+
+    pub fn matches(&self, p: &ProcessFacts) -> bool {
+        self.matches_identity(p) && (self.ports.is_empty() || self.ports.iter().any(|port| p.listening.contains(port)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.comm.is_empty() && self.exe.is_empty() && self.cmdline.is_empty() && self.pod_labels.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("config {path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(e) })?;
+        let invalid = |problem: String| ConfigError::Invalid { path: path.to_path_buf(), problem };
+        if cfg.rules.is_empty() {
+            return Err(invalid("no [[rule]]: the agent would follow nothing".into()));
+        }
+        for (i, r) in cfg.rules.iter().enumerate() {
+            if r.name.is_empty() {
+                return Err(invalid(format!("rule #{} has no name", i + 1)));
+            }
+            if r.is_empty() {
+                return Err(invalid(format!(
+                    "rule `{}` matches every process: give comm, exe, cmdline or pod_labels",
+                    r.name
+                )));
+            }
+            if !r.profile.is_empty() {
+                crate::stages::profile::load_profile(&r.profile)
+                    .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
+            }
+        }
+        if !(cfg.reconcile_seconds > 0.0) || cfg.max_series == 0 || cfg.max_targets == 0 {
+            return Err(invalid("reconcile_seconds, max_series and max_targets must be positive".into()));
+        }
+        Ok(cfg)
+    }
+
+    /// The first rule that matches.
+    pub fn rule_for(&self, p: &ProcessFacts) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(p))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"
+listen = "127.0.0.1:0"
+[[rule]]
+name = "llama.cpp"
+comm = ["llama-server"]
+profile = "llama.cpp"
+[[rule]]
+name = "vllm"
+cmdline = ["*vllm.entrypoints*", "*vllm serve*"]
+ports = [8000]
+[[rule]]
+name = "labelled"
+pod_labels = { app = "tgi" }
+"#;
+
+    fn facts(comm: &str, cmdline: &str, ports: &[u16]) -> ProcessFacts {
+        ProcessFacts { comm: comm.into(), cmdline: cmdline.into(), listening: ports.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn rules_match_by_every_given_field() {
+        let c = Config::parse(Path::new("t.toml"), TEXT).unwrap();
+        assert_eq!(c.rule_for(&facts("llama-server", "", &[])).unwrap().name, "llama.cpp");
+        assert_eq!(c.rule_for(&facts("python3", "python3 -m vllm.entrypoints.openai", &[8000])).unwrap().name, "vllm");
+        assert!(c.rule_for(&facts("python3", "python3 -m vllm.entrypoints.openai", &[9000])).is_none(), "port");
+        assert!(c.rule_for(&facts("bash", "bash", &[])).is_none());
+        let mut p = facts("text-gen", "", &[]);
+        p.pod_labels = Some([("app".to_string(), "tgi".to_string())].into());
+        assert_eq!(c.rule_for(&p).unwrap().name, "labelled");
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let e = Config::parse(Path::new("c.toml"), "listen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(e.contains("no [[rule]]"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[[rule]]\nname = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("matches every process"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "[[rule]]\nname = \"x\"\ncomm=[\"a\"]\nprofile=\"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rule `x`") && e.contains("nope"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "bogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

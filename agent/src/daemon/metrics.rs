@@ -1,0 +1,521 @@
+//! Prometheus metrics of the daemon: names and buckets modelled on vLLM's, labels bounded (routes
+//! normalised and capped per target, a hard cap on series with a counter of what it refused), and
+//! series of label sets whose processes are gone removed after a grace period.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::http::RequestRecord;
+
+/// vLLM's TTFT buckets with finer steps below 1 ms for fast local servers.
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+    160.0, 640.0, 2560.0,
+];
+/// vLLM's inter-token buckets (from 10 ms) preceded by SGLang-like steps from 1 ms.
+pub const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0,
+];
+pub const E2E_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
+];
+pub const STAGE_BUCKETS: &[f64] = &[
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0,
+];
+
+/// Distinct routes kept per target label set; later ones are exported as `other`.
+pub const MAX_ROUTES_PER_TARGET: usize = 32;
+
+/// Who a series is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetLabels {
+    pub service: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl TargetLabels {
+    fn values(&self) -> [&str; 4] {
+        [&self.service, &self.namespace, &self.pod, &self.container]
+    }
+}
+
+const TARGET: [&str; 4] = ["service", "namespace", "pod", "container"];
+
+fn with(extra: &[&'static str]) -> Vec<&'static str> {
+    TARGET.iter().chain(extra).copied().collect()
+}
+
+/// `/v1/chat/completions?x=1` → `/v1/chat/completions`; `/v1/models/8f3a…/x` → `/v1/models/:id/x`.
+/// Segments that look like identifiers (numbers, UUIDs, long hex or opaque tokens) collapse to
+/// `:id`; at most 8 segments and 96 bytes are kept.
+pub fn normalize_route(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return if path == "*" { "*".into() } else { "other".into() };
+    }
+    let mut out = String::new();
+    for (i, seg) in path.split('/').skip(1).enumerate() {
+        if i == 8 {
+            out.push_str("/…");
+            break;
+        }
+        out.push('/');
+        out.push_str(if looks_like_id(seg) { ":id" } else { seg });
+    }
+    if out.len() > 96 {
+        let mut cut = 96;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    if out.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return "other".into();
+    }
+    out
+}
+
+fn looks_like_id(seg: &str) -> bool {
+    let has_digit = seg.chars().any(|c| c.is_ascii_digit());
+    let all = |f: fn(char) -> bool| !seg.is_empty() && seg.chars().all(f);
+    // 42 · 8d4b0a4e-6c3f-… / a3f9c2e1b7 · long opaque tokens · req-42, user_7
+    let counter_suffix = seg
+        .rsplit_once(['-', '_'])
+        .is_some_and(|(word, n)| !word.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    all(|c| c.is_ascii_digit())
+        || (has_digit && seg.len() >= 8 && all(|c| c.is_ascii_hexdigit() || c == '-'))
+        || (has_digit && seg.len() >= 16 && all(|c| c.is_ascii_alphanumeric()))
+        || counter_suffix
+        || seg.starts_with("chatcmpl-")
+        || seg.starts_with("cmpl-")
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    ttft: HistogramVec,
+    ttfb: HistogramVec,
+    itl: HistogramVec,
+    e2e: HistogramVec,
+    requests: IntCounterVec,
+    in_flight: IntGaugeVec,
+    chunks: IntCounterVec,
+    tokens: IntCounterVec,
+    stage: HistogramVec,
+    // GPU (filled by the GPU sampler when it runs).
+    pub gpu_device: HashMap<&'static str, GaugeVec>,
+    pub gpu_process: HashMap<&'static str, GaugeVec>,
+    pub gpu_errors: IntCounterVec,
+    pub gpu_enabled: IntGauge,
+    // The agent's own health.
+    pub events_lost: IntCounterVec,
+    pub probes_attached: IntGauge,
+    pub targets: IntGauge,
+    pub map_fill: GaugeVec,
+    pub parse_errors: IntCounterVec,
+    pub series_dropped: IntCounter,
+    pub attach_errors: IntCounter,
+    pub attaches: IntCounter,
+    pub detaches: IntCounter,
+    pub discovery: IntCounterVec,
+    // Bounds.
+    max_series: usize,
+    /// Per label set of a target: the (family, full label values) series it owns.
+    owned: HashMap<TargetLabels, HashSet<(&'static str, Vec<String>)>>,
+    series: usize,
+    routes: HashMap<TargetLabels, HashSet<String>>,
+    /// Label sets with no live process since this instant.
+    orphaned: HashMap<TargetLabels, Instant>,
+}
+
+/// Prometheus lines one series of a family stands for (a histogram: buckets + +Inf + sum + count).
+fn cost(family: &str) -> usize {
+    match family {
+        "ttft" => TTFT_BUCKETS.len() + 3,
+        "ttfb" => TTFT_BUCKETS.len() + 3,
+        "itl" => ITL_BUCKETS.len() + 3,
+        "e2e" => E2E_BUCKETS.len() + 3,
+        "stage" => STAGE_BUCKETS.len() + 3,
+        _ => 1,
+    }
+}
+
+impl Metrics {
+    pub fn new(max_series: usize) -> Self {
+        let registry = Registry::new();
+        let h = |name: &str, help: &str, buckets: &[f64], labels: &[&'static str]| {
+            let v = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            v
+        };
+        let c = |name: &str, help: &str, labels: &[&'static str]| {
+            let v = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            v
+        };
+        let g = |name: &str, help: &str, labels: &[&'static str]| {
+            let v = GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            v
+        };
+        let ig = |name: &str, help: &str| {
+            let v = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            v
+        };
+        let ic = |name: &str, help: &str| {
+            let v = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            v
+        };
+        let route = with(&["route"]);
+        let device = ["gpu", "uuid", "model_name"];
+        let process = ["gpu", "service", "namespace", "pod", "container"];
+        let gpu_device = [
+            ("util", "inferscope_gpu_util_percent", "GPU utilization (like DCGM_FI_DEV_GPU_UTIL)"),
+            ("mem_util", "inferscope_gpu_mem_copy_util_percent", "Memory utilization (DCGM_FI_DEV_MEM_COPY_UTIL)"),
+            ("fb_used", "inferscope_gpu_fb_used_bytes", "Framebuffer memory used (DCGM_FI_DEV_FB_USED, in bytes)"),
+            ("fb_total", "inferscope_gpu_fb_total_bytes", "Framebuffer memory total"),
+            ("power", "inferscope_gpu_power_usage_watts", "Power draw (DCGM_FI_DEV_POWER_USAGE)"),
+            ("temp", "inferscope_gpu_temperature_celsius", "GPU temperature (DCGM_FI_DEV_GPU_TEMP)"),
+            ("sm_clock", "inferscope_gpu_sm_clock_hertz", "SM clock (DCGM_FI_DEV_SM_CLOCK, in Hz)"),
+            ("throttle", "inferscope_gpu_clock_throttle_reasons", "Clock throttle reasons bitmask (NVML)"),
+        ]
+        .into_iter()
+        .map(|(k, n, help)| (k, g(n, help, &device)))
+        .collect();
+        let gpu_process = [
+            ("fb_used", "inferscope_gpu_process_fb_used_bytes", "GPU memory used by a followed process"),
+            ("sm_util", "inferscope_gpu_process_sm_util_percent", "SM utilization by a followed process"),
+        ]
+        .into_iter()
+        .map(|(k, n, help)| (k, g(n, help, &process)))
+        .collect();
+        Self {
+            ttft: h(
+                "inferscope_time_to_first_token_seconds",
+                "Request read to the first write carrying generated content",
+                TTFT_BUCKETS,
+                &route,
+            ),
+            ttfb: h(
+                "inferscope_time_to_first_byte_seconds",
+                "Request read to the first response byte",
+                TTFT_BUCKETS,
+                &route,
+            ),
+            itl: h(
+                "inferscope_inter_token_latency_seconds",
+                "Gap between consecutive content-bearing writes of a stream",
+                ITL_BUCKETS,
+                &route,
+            ),
+            e2e: h(
+                "inferscope_e2e_request_latency_seconds",
+                "Request read to the last response byte",
+                E2E_BUCKETS,
+                &route,
+            ),
+            requests: c("inferscope_requests_total", "Finished HTTP exchanges", &with(&["route", "status"])),
+            in_flight: {
+                let v =
+                    IntGaugeVec::new(Opts::new("inferscope_requests_in_flight", "Requests not finished yet"), &TARGET)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("{e}"));
+                v
+            },
+            chunks: c("inferscope_stream_chunks_total", "Content-bearing stream events (SSE/NDJSON)", &route),
+            tokens: c("inferscope_stream_tokens_total", "Completion tokens, where the stream states them", &route),
+            stage: h(
+                "inferscope_stage_duration_seconds",
+                "Duration of probed server functions",
+                STAGE_BUCKETS,
+                &with(&["stage"]),
+            ),
+            gpu_device,
+            gpu_process,
+            gpu_errors: c("inferscope_gpu_nvml_errors_total", "NVML calls that failed, by call", &["call"]),
+            gpu_enabled: ig("inferscope_gpu_telemetry_enabled", "1 when NVML sampling runs"),
+            events_lost: c(
+                "inferscope_events_lost_total",
+                "Kernel records dropped (ring buffer or map full)",
+                &["kind"],
+            ),
+            probes_attached: ig("inferscope_probes_attached", "uprobes attached now"),
+            targets: ig("inferscope_targets", "Processes followed now"),
+            map_fill: g("inferscope_map_fill_ratio", "Entries / capacity of each bounded kernel map", &["map"]),
+            parse_errors: c("inferscope_parse_errors_total", "Stream parse problems, by kind", &["kind"]),
+            series_dropped: ic("inferscope_series_dropped_total", "Observations refused by the series cap"),
+            attach_errors: ic("inferscope_attach_errors_total", "Targets or stages that could not be attached"),
+            attaches: ic("inferscope_target_attaches_total", "Processes attached"),
+            detaches: ic("inferscope_target_detaches_total", "Processes detached (exited or exec'ed)"),
+            discovery: c("inferscope_discovery_events_total", "Discovery inputs by kind", &["kind"]),
+            registry,
+            max_series,
+            owned: HashMap::new(),
+            series: 0,
+            routes: HashMap::new(),
+            orphaned: HashMap::new(),
+        }
+    }
+
+    /// Admits the series `(family, labels)` of target `t` under the cap; false = refused (counted).
+    fn admit(&mut self, family: &'static str, t: &TargetLabels, labels: &[&str]) -> bool {
+        let key = (family, labels.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        if self.owned.get(t).is_some_and(|s| s.contains(&key)) {
+            return true;
+        }
+        let c = cost(family);
+        if self.series + c > self.max_series {
+            self.series_dropped.inc();
+            return false;
+        }
+        self.series += c;
+        self.owned.entry(t.clone()).or_default().insert(key);
+        true
+    }
+
+    fn route_for(&mut self, t: &TargetLabels, path: &str) -> String {
+        let route = normalize_route(path);
+        let routes = self.routes.entry(t.clone()).or_default();
+        if routes.contains(&route) || routes.len() < MAX_ROUTES_PER_TARGET {
+            routes.insert(route.clone());
+            route
+        } else {
+            "other".into()
+        }
+    }
+
+    /// One finished exchange of a process with labels `t`.
+    pub fn observe_request(&mut self, t: &TargetLabels, r: &RequestRecord) {
+        let route = self.route_for(t, &r.path);
+        let [s, n, p, c] = t.values();
+        let rl = [s, n, p, c, route.as_str()];
+        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9;
+        let status = status_class(r.status);
+        if self.admit("requests", t, &[s, n, p, c, &route, status]) {
+            self.requests.with_label_values(&[s, n, p, c, &route, status]).inc();
+        }
+        if r.first_byte_ns > 0 && self.admit("ttfb", t, &rl) {
+            self.ttfb.with_label_values(&rl).observe(secs(r.request_ns, r.first_byte_ns));
+        }
+        if r.end_ns > 0 && self.admit("e2e", t, &rl) {
+            self.e2e.with_label_values(&rl).observe(secs(r.request_ns, r.end_ns));
+        }
+        if !r.streaming {
+            return;
+        }
+        if let Some(ft) = r.first_token_ns {
+            if self.admit("ttft", t, &rl) {
+                self.ttft.with_label_values(&rl).observe(secs(r.request_ns, ft));
+            }
+        }
+        if r.content_write_ns.len() > 1 && self.admit("itl", t, &rl) {
+            let h = self.itl.with_label_values(&rl);
+            for w in r.content_write_ns.windows(2) {
+                h.observe(secs(w[0], w[1]));
+            }
+        }
+        if self.admit("chunks", t, &rl) {
+            self.chunks.with_label_values(&rl).inc_by(r.chunks);
+        }
+        if let Some(tok) = r.tokens {
+            if self.admit("tokens", t, &rl) {
+                self.tokens.with_label_values(&rl).inc_by(tok);
+            }
+        }
+    }
+
+    pub fn observe_stage(&mut self, t: &TargetLabels, stage: &str, seconds: f64) {
+        let [s, n, p, c] = t.values();
+        if self.admit("stage", t, &[s, n, p, c, stage]) {
+            self.stage.with_label_values(&[s, n, p, c, stage]).observe(seconds);
+        }
+    }
+
+    pub fn set_in_flight(&mut self, t: &TargetLabels, n: usize) {
+        if self.admit("in_flight", t, &t.values()) {
+            self.in_flight.with_label_values(&t.values()).set(n as i64);
+        }
+    }
+
+    /// GPU use of a followed process on one device.
+    pub fn set_gpu_process(&mut self, t: &TargetLabels, gpu: &str, field: &'static str, value: f64) {
+        let [s, n, p, c] = t.values();
+        let labels = [gpu, s, n, p, c];
+        let family = if field == "fb_used" { "gpu_fb" } else { "gpu_sm" };
+        if self.gpu_process.contains_key(field) && self.admit(family, t, &labels) {
+            self.gpu_process[field].with_label_values(&labels).set(value);
+        }
+    }
+
+    /// Label set `t` has a live process (again): its series stay.
+    pub fn target_alive(&mut self, t: &TargetLabels) {
+        self.orphaned.remove(t);
+    }
+
+    /// The last process of label set `t` is gone: its series go after the grace period.
+    pub fn target_gone(&mut self, t: &TargetLabels, now: Instant) {
+        self.orphaned.entry(t.clone()).or_insert(now);
+        if self.owned.contains_key(t) {
+            self.in_flight.with_label_values(&t.values()).set(0);
+        }
+    }
+
+    /// Removes the series of label sets orphaned longer than `grace`; returns how many label sets.
+    pub fn sweep(&mut self, now: Instant, grace: Duration) -> usize {
+        let expired: Vec<TargetLabels> = self
+            .orphaned
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in &expired {
+            self.orphaned.remove(t);
+            self.routes.remove(t);
+            for (family, labels) in self.owned.remove(t).unwrap_or_default() {
+                let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = match family {
+                    "requests" => self.requests.remove_label_values(&values),
+                    "ttft" => self.ttft.remove_label_values(&values),
+                    "ttfb" => self.ttfb.remove_label_values(&values),
+                    "itl" => self.itl.remove_label_values(&values),
+                    "e2e" => self.e2e.remove_label_values(&values),
+                    "chunks" => self.chunks.remove_label_values(&values),
+                    "tokens" => self.tokens.remove_label_values(&values),
+                    "stage" => self.stage.remove_label_values(&values),
+                    "in_flight" => self.in_flight.remove_label_values(&values),
+                    "gpu_fb" => self.gpu_process["fb_used"].remove_label_values(&values),
+                    "gpu_sm" => self.gpu_process["sm_util"].remove_label_values(&values),
+                    _ => Ok(()),
+                };
+                self.series = self.series.saturating_sub(cost(family));
+            }
+        }
+        expired.len()
+    }
+
+    /// Series admitted now (histograms count every line they export).
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            log::warn!("encoding metrics: {e}");
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec(path: &str) -> RequestRecord {
+        RequestRecord {
+            method: "POST".into(),
+            path: path.into(),
+            status: 200,
+            request_ns: 1_000_000,
+            first_byte_ns: 2_000_000,
+            first_token_ns: Some(11_000_000),
+            end_ns: 31_000_000,
+            content_write_ns: vec![11_000_000, 21_000_000, 31_000_000],
+            chunks: 3,
+            tokens: Some(3),
+            streaming: true,
+            read_tid: 1,
+            write_tid: 1,
+        }
+    }
+
+    fn labels(service: &str) -> TargetLabels {
+        TargetLabels { service: service.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn routes_collapse_identifiers() {
+        assert_eq!(normalize_route("/v1/chat/completions?stream=true"), "/v1/chat/completions");
+        assert_eq!(normalize_route("/v1/models/12345"), "/v1/models/:id");
+        assert_eq!(normalize_route("/jobs/8d4b0a4e-6c3f-4b6a-9b8e-2f1d5c7a9e10/status"), "/jobs/:id/status");
+        assert_eq!(normalize_route("/v1/responses/chatcmpl-abcDEF"), "/v1/responses/:id");
+        assert_eq!(normalize_route("/completion"), "/completion");
+        assert_eq!(normalize_route("/v1/chat/completions/req-42"), "/v1/chat/completions/:id");
+        assert_eq!(normalize_route("/users/user_7/items"), "/users/:id/items");
+        assert_eq!(normalize_route("/v1/models"), "/v1/models");
+        assert_eq!(normalize_route("/v2/models/llama-3-8b-instruct/infer"), "/v2/models/llama-3-8b-instruct/infer");
+        assert_eq!(normalize_route("garbage"), "other");
+        assert_eq!(normalize_route("/a/b/c/d/e/f/g/h/i/j"), "/a/b/c/d/e/f/g/h/…");
+        assert_eq!(normalize_route("/x\"y"), "other");
+    }
+
+    #[test]
+    fn request_metrics_have_the_documented_names() {
+        let mut m = Metrics::new(10_000);
+        m.observe_request(&labels("llama"), &rec("/v1/chat/completions"));
+        let text = String::from_utf8(m.encode()).unwrap();
+        for line in [
+            "inferscope_time_to_first_token_seconds_sum{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 0.01",
+            "inferscope_inter_token_latency_seconds_count{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 2",
+            "inferscope_requests_total{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\",status=\"2xx\"} 1",
+            "inferscope_stream_tokens_total{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn series_cap_refuses_and_counts_and_sweep_frees() {
+        // Room for one request family's histograms of one service only.
+        let mut m = Metrics::new(200);
+        m.observe_request(&labels("a"), &rec("/x"));
+        let used = m.series();
+        assert!(used > 0 && used <= 200);
+        for i in 0..50 {
+            m.observe_request(&labels(&format!("svc{i}")), &rec("/x"));
+        }
+        assert!(m.series() <= 200, "cap holds: {}", m.series());
+        assert!(m.series_dropped.get() > 0);
+        // Routes past the per-target cap become `other`.
+        let t = labels("a");
+        for i in 0..(MAX_ROUTES_PER_TARGET + 5) {
+            let _ = m.route_for(&t, &format!("/r{}x", "y".repeat(i)));
+        }
+        assert_eq!(m.route_for(&t, "/brand-new"), "other");
+        // Gone for longer than the grace period: series removed and the budget returned.
+        let now = Instant::now();
+        for i in 0..50 {
+            m.target_gone(&labels(&format!("svc{i}")), now);
+        }
+        m.target_gone(&t, now);
+        m.target_alive(&t);
+        m.sweep(now + Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(m.series(), used, "only the live label set keeps its series");
+        assert!(String::from_utf8(m.encode()).unwrap().contains("service=\"a\""));
+    }
+}

@@ -1,0 +1,580 @@
+//! `inferscope agent --config FILE`: one long-running agent for a whole node.
+//!
+//! One set of kernel programs serves every target: the socket tracepoints filter on the
+//! `TARGETS` map, stage uprobes are attached per process with its PID as scope. Discovery is
+//! event-driven — exec records for every process and exit records for targets arrive on their
+//! own ring buffer — and a periodic /proc reconcile catches what the ring could not deliver.
+//! Identity is (PID, start time), so a reused PID is a new process. Everything a target owns in
+//! the kernel (TARGETS, CONNS and profile entries, uprobes) is freed when it exits or execs.
+
+pub mod cgroup;
+pub mod config;
+pub mod discover;
+pub mod metrics;
+pub mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_common::{proc_event, ProcEvent, StageEvent};
+use aya::maps::{MapData, RingBuf};
+
+use crate::bpf::{KernelCounters, SocketProbes, StageLink};
+use crate::stages::{StageDef, StageResolver};
+use crate::tracker::{Finished, Tracker};
+pub use config::{Config, Rule};
+use discover::ProcessId;
+use metrics::{Metrics, TargetLabels};
+use server::{FlamegraphRequest, Shared};
+
+/// Processes that matched a rule's identity but not (yet) its ports, re-checked each second.
+const MAX_CANDIDATES: usize = 1024;
+/// How long such a process may take to open its port.
+const CANDIDATE_PATIENCE: Duration = Duration::from_secs(600);
+
+struct Target {
+    id: ProcessId,
+    labels: TargetLabels,
+    resolver: Option<StageResolver>,
+    /// Stage index in the resolver's defs → global stage id (the uprobe cookie).
+    stage_ids: Vec<u32>,
+    /// Shared uprobes this process uses.
+    probes: Vec<UprobeKey>,
+}
+
+/// One uprobe serves every process that runs the same file: (device, inode, offset, stage).
+/// Creating a uprobe costs the kernel tens of milliseconds here, so a churn of processes running
+/// one binary must not create one per process.
+type UprobeKey = (u64, u64, u64, u32);
+
+struct Capture {
+    pid: u32,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    probes: SocketProbes,
+    tracker: Tracker,
+    metrics: Metrics,
+    targets: HashMap<u32, Target>,
+    /// PID → (identity, rule index, first seen) of port-rule candidates.
+    candidates: HashMap<u32, (ProcessId, usize, Instant)>,
+    /// Shared uprobes and how many targets use each.
+    /// Shared uprobes: links, targets using it, and since when none does (it lingers a while,
+    /// so a server restarting or a churn of short processes does not pay for a new one each time).
+    uprobes: HashMap<UprobeKey, (Vec<StageLink>, usize, Option<Instant>)>,
+    /// Targets whose exit was seen, detached after their remaining records are read.
+    exited: Vec<u32>,
+    stage_names: Vec<String>,
+    last_kernel: KernelCounters,
+    last_parse: BTreeMap<&'static str, u64>,
+    profiler_started: bool,
+    capture: Option<Capture>,
+    symbolizer: crate::symbols::Symbolizer,
+}
+
+impl Daemon {
+    fn new(cfg: Config, probes: SocketProbes) -> Self {
+        let metrics = Metrics::new(cfg.max_series);
+        Self {
+            cfg,
+            probes,
+            tracker: Tracker::new(),
+            metrics,
+            targets: HashMap::new(),
+            candidates: HashMap::new(),
+            uprobes: HashMap::new(),
+            exited: Vec::new(),
+            stage_names: Vec::new(),
+            last_kernel: KernelCounters::default(),
+            last_parse: BTreeMap::new(),
+            profiler_started: false,
+            capture: None,
+            symbolizer: crate::symbols::Symbolizer::new(),
+        }
+    }
+
+    fn stage_id(&mut self, name: &str) -> u32 {
+        match self.stage_names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.stage_names.push(name.to_string());
+                (self.stage_names.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Looks at one process: attaches when a rule matches. `why` is counted as a discovery input.
+    fn consider(&mut self, pid: u32, why: &'static str) {
+        if self.targets.contains_key(&pid) || pid == std::process::id() {
+            return;
+        }
+        // The kernel may have started following it at exec (its name is one a rule names): the
+        // entry stays only if the whole rule matches.
+        let provisional = why == "exec";
+        let drop_provisional = |d: &mut Self| {
+            if provisional {
+                let _ = d.probes.remove_target(pid);
+                let _ = d.probes.forget_connections(pid);
+            }
+        };
+        let (Some(id), Some(mut facts)) = (ProcessId::of(pid), discover::facts(pid)) else {
+            drop_provisional(self);
+            return;
+        };
+        let cg = cgroup::of_process(pid);
+        facts.pod_labels = None; // filled from the Kubernetes API where available (see labels()).
+        let Some(ri) = self.cfg.rules.iter().position(|r| r.matches_identity(&facts)) else {
+            drop_provisional(self);
+            return;
+        };
+        if !self.cfg.rules[ri].ports.is_empty() {
+            facts.listening = discover::listening_ports(pid);
+            if !self.cfg.rules[ri].matches(&facts) {
+                drop_provisional(self);
+                if self.candidates.len() < MAX_CANDIDATES {
+                    self.candidates.entry(pid).or_insert((id, ri, Instant::now()));
+                }
+                return;
+            }
+        }
+        self.candidates.remove(&pid);
+        self.attach(id, ri, &facts, &cg, why);
+    }
+
+    fn labels(&self, rule: &Rule, cg: &cgroup::CgroupInfo) -> TargetLabels {
+        TargetLabels {
+            service: if rule.service.is_empty() { rule.name.clone() } else { rule.service.clone() },
+            namespace: String::new(),
+            pod: String::new(),
+            container: cg.container_id.as_deref().map(|c| c[..12].to_string()).unwrap_or_default(),
+        }
+    }
+
+    fn attach(&mut self, id: ProcessId, ri: usize, facts: &config::ProcessFacts, cg: &cgroup::CgroupInfo, why: &str) {
+        let pid = id.pid;
+        if self.targets.len() >= self.cfg.max_targets {
+            self.metrics.attach_errors.inc();
+            log::warn!("not following pid {pid} ({}): max_targets = {} reached", facts.comm, self.cfg.max_targets);
+            return;
+        }
+        let rule = self.cfg.rules[ri].clone();
+        if let Err(e) = self.probes.add_target(pid) {
+            self.metrics.attach_errors.inc();
+            log::warn!("cannot follow pid {pid}: {e}");
+            return;
+        }
+        let existing = crate::procfs::inbound_connection_fds(pid);
+        for &fd in &existing {
+            if self.probes.track_connection(pid, fd).is_ok() {
+                self.tracker.add_existing(pid, fd);
+            }
+        }
+        let labels = self.labels(&rule, cg);
+        self.metrics.target_alive(&labels);
+        let mut target = Target { id, labels, resolver: None, stage_ids: Vec::new(), probes: Vec::new() };
+        if !rule.profile.is_empty() {
+            match crate::stages::profile::load_profile(&rule.profile) {
+                Ok(defs) => {
+                    target.stage_ids = defs.iter().map(|d| self.stage_id(&d.name)).collect();
+                    target.resolver = Some(StageResolver::new(pid, defs));
+                    self.scan_stages(&mut target, true);
+                }
+                Err(e) => {
+                    self.metrics.attach_errors.inc();
+                    log::warn!("pid {pid}: profile {}: {e}", rule.profile);
+                }
+            }
+        }
+        log::info!(
+            "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s), {} probed function(s), service={} container={}",
+            facts.comm,
+            rule.name,
+            existing.len(),
+            target.probes.len(),
+            target.labels.service,
+            target.labels.container
+        );
+        self.metrics.attaches.inc();
+        self.targets.insert(pid, target);
+    }
+
+    /// Attaches stage probes for modules not searched yet (dlopen'ed libraries arrive later).
+    fn scan_stages(&mut self, t: &mut Target, first: bool) {
+        let Some(r) = &mut t.resolver else { return };
+        let t0 = Instant::now();
+        let found = match r.scan(first) {
+            Ok(f) => f,
+            Err(e) => {
+                // A profile is a list of candidates; what this server lacks is not fatal.
+                if first {
+                    log::info!("pid {}: {e}", t.id.pid);
+                }
+                return;
+            }
+        };
+        log::debug!("pid {}: symbol scan {:?}", t.id.pid, t0.elapsed());
+        let defs: Vec<StageDef> = r.defs().to_vec();
+        for a in found {
+            use std::os::unix::fs::MetadataExt as _;
+            let stage = t.stage_ids[a.stage as usize];
+            // Held open while probing: `/proc/PID/root/…` vanishes with the process, our fd does not.
+            let Ok(file) = std::fs::File::open(&a.open_path) else { continue };
+            let Ok(md) = file.metadata() else { continue };
+            let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+            let key = (md.dev(), md.ino(), a.file_offset, stage);
+            if t.probes.contains(&key) {
+                continue;
+            }
+            if let Some((_, users, idle)) = self.uprobes.get_mut(&key) {
+                *users += 1;
+                *idle = None;
+                t.probes.push(key);
+                continue;
+            }
+            match self.probes.attach_stage(stage, &fd_path, a.file_offset, 0, true) {
+                Ok(links) => {
+                    self.uprobes.insert(key, (links, 1, None));
+                    t.probes.push(key);
+                }
+                Err(e) => {
+                    self.metrics.attach_errors.inc();
+                    log::warn!("pid {}: stage `{}`: {e}", t.id.pid, defs[a.stage as usize].name);
+                }
+            }
+        }
+    }
+
+    /// Frees everything the process held; `why` goes to the log.
+    fn detach(&mut self, pid: u32, why: &str) {
+        let Some(t) = self.targets.remove(&pid) else {
+            // Perhaps followed by the kernel from its exec, never confirmed: leave nothing behind.
+            let _ = self.probes.remove_target(pid);
+            let _ = self.probes.forget_connections(pid);
+            return;
+        };
+        let _ = self.probes.remove_target(pid);
+        let conns = self.probes.forget_connections(pid).unwrap_or(0);
+        self.probes.forget_profile(pid);
+        let mut uprobes = 0;
+        for key in &t.probes {
+            if let Some((_, users, idle)) = self.uprobes.get_mut(key) {
+                *users -= 1;
+                if *users == 0 {
+                    *idle = Some(Instant::now());
+                    uprobes += 1;
+                }
+            }
+        }
+        self.tracker.forget_process(pid);
+        if !self.targets.values().any(|o| o.labels == t.labels) {
+            self.metrics.target_gone(&t.labels, Instant::now());
+        }
+        self.metrics.detaches.inc();
+        log::info!(
+            "stopped following pid {pid} ({why}): freed {conns} connection(s); {uprobes} probed function(s) now unused"
+        );
+    }
+
+    fn on_proc_event(&mut self, ev: &ProcEvent) {
+        match ev.kind {
+            proc_event::EXEC => {
+                self.metrics.discovery.with_label_values(&["exec"]).inc();
+                let lag = crate::event::monotonic_ns().saturating_sub(ev.ts_ns);
+                log::debug!("exec of pid {} seen {:.1} ms later", ev.tgid, lag as f64 / 1e6);
+                if self.targets.contains_key(&ev.tgid) {
+                    // Same PID, new program: the old probes and parser state mean nothing now.
+                    self.detach(ev.tgid, "exec");
+                }
+                self.candidates.remove(&ev.tgid);
+                self.consider(ev.tgid, "exec");
+            }
+            proc_event::EXIT => {
+                self.metrics.discovery.with_label_values(&["exit"]).inc();
+                // Its last socket and stage records may still be unread on the other rings:
+                // detach after the next drain of those.
+                self.exited.push(ev.tgid);
+            }
+            _ => {}
+        }
+    }
+
+    /// Full /proc pass: dead or replaced targets go, matching processes come.
+    fn reconcile(&mut self) {
+        self.metrics.discovery.with_label_values(&["reconcile"]).inc();
+        let dead: Vec<u32> = self.targets.iter().filter(|(_, t)| !t.id.alive()).map(|(p, _)| *p).collect();
+        for pid in dead {
+            self.detach(pid, "gone (reconcile)");
+        }
+        for pid in discover::all_pids() {
+            self.consider(pid, "scan");
+        }
+    }
+
+    /// Each second: candidates, dlopen rescans, liveness, health metrics, series expiry.
+    fn every_second(&mut self) {
+        let now = Instant::now();
+        let cands: Vec<(u32, ProcessId, usize, Instant)> =
+            self.candidates.iter().map(|(p, (id, ri, t))| (*p, *id, *ri, *t)).collect();
+        for (pid, id, ri, since) in cands {
+            if !id.alive() || now.duration_since(since) > CANDIDATE_PATIENCE {
+                self.candidates.remove(&pid);
+                continue;
+            }
+            let mut facts = discover::facts(pid).unwrap_or_default();
+            facts.listening = discover::listening_ports(pid);
+            if self.cfg.rules[ri].matches(&facts) {
+                self.candidates.remove(&pid);
+                self.attach(id, ri, &facts, &cgroup::of_process(pid), "port opened");
+            }
+        }
+        let pids: Vec<u32> = self.targets.keys().copied().collect();
+        for pid in pids {
+            let Some(mut t) = self.targets.remove(&pid) else { continue };
+            if !t.id.alive() {
+                self.targets.insert(pid, t);
+                self.detach(pid, "gone");
+                continue;
+            }
+            self.scan_stages(&mut t, false);
+            self.targets.insert(pid, t);
+        }
+        self.expire_uprobes(now, Duration::from_secs_f64(self.cfg.uprobe_linger_seconds));
+        self.update_health();
+        self.metrics.sweep(now, Duration::from_secs_f64(self.cfg.series_grace_seconds));
+    }
+
+    /// Detaches shared uprobes no target has used for `linger`.
+    fn expire_uprobes(&mut self, now: Instant, linger: Duration) {
+        let expired: Vec<UprobeKey> = self
+            .uprobes
+            .iter()
+            .filter(|(_, (_, users, idle))| *users == 0 && idle.is_some_and(|t| now.duration_since(t) >= linger))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            if let Some((links, _, _)) = self.uprobes.remove(&key) {
+                self.probes.detach_stages(links);
+            }
+        }
+    }
+
+    fn update_health(&mut self) {
+        let k = self.probes.counters();
+        let lost = [
+            ("read", k.lost_reads, self.last_kernel.lost_reads),
+            ("write", k.lost_writes, self.last_kernel.lost_writes),
+            ("accept", k.lost_accepts, self.last_kernel.lost_accepts),
+            ("close", k.lost_closes, self.last_kernel.lost_closes),
+            ("stage", k.stage_lost, self.last_kernel.stage_lost),
+            ("proc", k.proc_events_lost, self.last_kernel.proc_events_lost),
+            ("args_map_full", k.args_map_full, self.last_kernel.args_map_full),
+            ("conns_map_full", k.conns_map_full, self.last_kernel.conns_map_full),
+            ("samples_map_full", k.samples_map_full, self.last_kernel.samples_map_full),
+            ("offcpu_map_full", k.offcpu_map_full, self.last_kernel.offcpu_map_full),
+        ];
+        for (kind, now, before) in lost {
+            self.metrics.events_lost.with_label_values(&[kind]).inc_by(now.saturating_sub(before));
+        }
+        self.last_kernel = k;
+        let p = self.tracker.parse_counters();
+        let parse = [
+            ("bad_head", p.bad_heads),
+            ("bad_chunk", p.bad_chunks),
+            ("framing_lost", p.framing_lost),
+            ("unmatched_response", p.unmatched_responses),
+            ("aborted", p.aborted),
+            ("decode_error", self.tracker.events.decode_errors),
+            ("connections_dropped", self.tracker.events.connections_dropped),
+        ];
+        for (kind, now) in parse {
+            let before = self.last_parse.insert(kind, now).unwrap_or(0);
+            self.metrics.parse_errors.with_label_values(&[kind]).inc_by(now.saturating_sub(before));
+        }
+        for (name, n, cap) in self.probes.map_fill() {
+            self.metrics.map_fill.with_label_values(&[name]).set(n as f64 / f64::from(cap));
+        }
+        self.metrics.targets.set(self.targets.len() as i64);
+        self.metrics.probes_attached.set(self.probes.uprobes_attached as i64);
+        let mut in_flight: HashMap<TargetLabels, usize> = HashMap::new();
+        for (pid, t) in &self.targets {
+            *in_flight.entry(t.labels.clone()).or_default() += self.tracker.in_flight_of(*pid);
+        }
+        for (labels, n) in in_flight {
+            self.metrics.set_in_flight(&labels, n);
+        }
+    }
+
+    fn on_finished(&mut self, f: &Finished) {
+        if let Some(t) = self.targets.get(&f.tgid) {
+            let labels = t.labels.clone();
+            self.metrics.observe_request(&labels, &f.record);
+        }
+    }
+
+    fn on_stage(&mut self, ev: &StageEvent) {
+        let (Some(t), Some(name)) = (self.targets.get(&ev.tgid), self.stage_names.get(ev.stage as usize)) else {
+            return;
+        };
+        let (labels, name) = (t.labels.clone(), name.clone());
+        self.metrics.observe_stage(&labels, &name, ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9);
+    }
+
+    fn start_capture(&mut self, req: FlamegraphRequest) {
+        let FlamegraphRequest { pid, seconds, reply } = req;
+        if !self.targets.contains_key(&pid) {
+            let _ = reply.send(Err(format!("pid {pid} is not a followed process (see inferscope_targets)")));
+            return;
+        }
+        let started = if self.profiler_started {
+            self.probes.set_phase(pid, self.tracker.phase(pid))
+        } else {
+            self.probes.start_profiler(pid, 99)
+        };
+        if let Err(e) = started {
+            let _ = reply.send(Err(format!("cannot sample CPU: {e}")));
+            return;
+        }
+        self.profiler_started = true;
+        self.capture = Some(Capture { pid, deadline: Instant::now() + Duration::from_secs_f64(seconds), reply });
+    }
+
+    fn finish_capture(&mut self) {
+        let Some(c) = self.capture.take() else { return };
+        let result = self.probes.read_samples().map_err(|e| e.to_string()).and_then(|mut raw| {
+            raw.samples.retain(|(k, _)| k.tgid == c.pid);
+            let comm = discover::facts(c.pid).map(|f| f.comm).unwrap_or_else(|| c.pid.to_string());
+            let mut frames = crate::profile::UserFrames::new();
+            let folded =
+                crate::profile::fold(&raw, &mut self.symbolizer, &mut frames, &crate::profile::Kallsyms::load(), &comm);
+            let lines = crate::profile::folded_lines(folded.by_phase.get("all").unwrap_or(&BTreeMap::new()));
+            let mut opts = inferno::flamegraph::Options::default();
+            opts.title = format!("{comm} (pid {}) — {} samples at 99 Hz", c.pid, folded.samples);
+            let mut svg = Vec::new();
+            if lines.is_empty() {
+                return Err(format!("no CPU samples of pid {} in the window (idle?)", c.pid));
+            }
+            inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
+                .map_err(|e| e.to_string())?;
+            Ok(svg)
+        });
+        self.probes.forget_profile(c.pid);
+        let _ = c.reply.send(result);
+    }
+
+    fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        stage_ring: &mut RingBuf<MapData>,
+        proc_ring: &mut RingBuf<MapData>,
+    ) {
+        // Execs first (a new target's records are already on the data rings), then the data,
+        // then exits (all records of a process that exited before the proc ring was read are on
+        // the data rings by the time they are drained).
+        let mut procs = Vec::new();
+        while let Some(item) = proc_ring.next() {
+            if item.len() >= std::mem::size_of::<ProcEvent>() {
+                // SAFETY: length checked; read_unaligned has no alignment requirement.
+                procs.push(unsafe { std::ptr::read_unaligned::<ProcEvent>(item.as_ptr().cast()) });
+            }
+        }
+        for ev in &procs {
+            self.on_proc_event(ev);
+        }
+        let mut finished = Vec::new();
+        while let Some(item) = ring.next() {
+            self.tracker.handle(&item, &mut finished);
+        }
+        for f in &finished {
+            self.on_finished(f);
+        }
+        while let Some(item) = stage_ring.next() {
+            if item.len() >= std::mem::size_of::<StageEvent>() {
+                // SAFETY: as above.
+                let ev: StageEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                self.on_stage(&ev);
+            }
+        }
+        for pid in std::mem::take(&mut self.exited) {
+            self.detach(pid, "exit");
+        }
+        if let Some(c) = &self.capture {
+            let _ = self.probes.set_phase(c.pid, self.tracker.phase(c.pid));
+            if Instant::now() >= c.deadline {
+                self.finish_capture();
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    crate::bpf::check_daemon_capabilities()?;
+    let listener = server::bind(cfg.listen).await?;
+    let (fg_tx, mut fg_rx) = tokio::sync::mpsc::channel::<FlamegraphRequest>(4);
+    let probes = SocketProbes::load(cfg.ring_buffer_bytes)?;
+    let mut daemon = Daemon::new(cfg, probes);
+    let shared = Arc::new(Shared {
+        registry: daemon.metrics.registry.clone(),
+        ready: false.into(),
+        last_tick_ms: server::now_ms().into(),
+        refused_connections: 0.into(),
+        bad_requests: 0.into(),
+        flamegraphs: fg_tx,
+    });
+    let addr = listener.local_addr()?;
+    tokio::spawn(server::serve(listener, shared.clone()));
+    let mut ring = daemon.probes.take_events()?;
+    let mut stage_ring = daemon.probes.take_stage_events()?;
+    let mut proc_ring = daemon.probes.start_proc_events()?;
+    for rule in &daemon.cfg.rules {
+        for comm in rule.comm.iter().filter(|c| !c.contains(['*', '?'])) {
+            daemon.probes.watch_comm(comm)?;
+        }
+    }
+    // Loading (verifying) the stage programs takes a while: do it now, not at the first exec.
+    if daemon.cfg.rules.iter().any(|r| !r.profile.is_empty()) {
+        daemon.probes.load_stage_programs()?;
+    }
+    // Exec records flow from here on; the scan covers what started before.
+    daemon.reconcile();
+    shared.ready.store(true, Ordering::Relaxed);
+    log::info!(
+        "inferscope agent: {} rule(s) from {}, following {} process(es), metrics on http://{addr}/metrics",
+        daemon.cfg.rules.len(),
+        config_path.display(),
+        daemon.targets.len()
+    );
+
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut reconcile = tokio::time::interval(Duration::from_secs_f64(daemon.cfg.reconcile_seconds));
+    reconcile.tick().await; // the first tick is immediate; the scan above was it
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => daemon.drain(&mut ring, &mut stage_ring, &mut proc_ring),
+            _ = second.tick() => {
+                daemon.every_second();
+                shared.last_tick_ms.store(server::now_ms(), Ordering::Relaxed);
+            }
+            _ = reconcile.tick() => daemon.reconcile(),
+            Some(req) = fg_rx.recv(), if daemon.capture.is_none() => daemon.start_capture(req),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let pids: Vec<u32> = daemon.targets.keys().copied().collect();
+    for pid in pids {
+        daemon.detach(pid, "agent stopping");
+    }
+    daemon.expire_uprobes(Instant::now(), Duration::ZERO);
+    log::info!("inferscope agent stopped");
+    Ok(())
+}

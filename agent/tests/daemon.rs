@@ -1,0 +1,455 @@
+//! Daemon mode (`inferscope agent --config`) against the real kernel: servers in two languages
+//! started after the agent are found by rules and measured; a restart in place (exec, same PID)
+//! and a restart as a new process (new PID) are followed; hundreds of short-lived matching
+//! processes leave map fill, uprobes and memory flat; the capabilities it refuses to start
+//! without; and a malformed / flooding client of its endpoint. Needs root.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET over a fresh connection: (status, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of the samples of `name` whose labels include every `(key, value)` of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then_some(value)
+        })
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, config: &str, wrapper: &[&str]) -> Daemon {
+        let cfg = dir.join("config.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(wrapper.first().copied().unwrap_or(env!("CARGO_BIN_EXE_inferscope")));
+        if !wrapper.is_empty() {
+            cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_inferscope"));
+        }
+        let mut child = cmd
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, port, log: rx, lines: Vec::new() }
+    }
+
+    /// Waits for /readyz; panics with the log if the agent exits or takes over 30 s.
+    pub fn wait_ready(&mut self) {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited ({st}): {:?}", self.drain());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && http_get(self.port, "/readyz").0 == 200 {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "agent not ready in 30 s: {:?}", self.drain());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn drain(&mut self) -> Vec<String> {
+        while let Ok(l) = self.log.recv_timeout(Duration::from_millis(20)) {
+            self.lines.push(l);
+        }
+        self.lines.clone()
+    }
+
+    pub fn metrics(&self) -> String {
+        let (st, body) = http_get(self.port, "/metrics");
+        assert_eq!(st, 200);
+        body
+    }
+
+    /// Polls /metrics until `pred` holds (10 s at most).
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return m;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let log = self.drain();
+                panic!("timed out waiting for {what}; log: {log:#?}\nmetrics:\n{}", filtered(&m));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let st = self.child.wait().unwrap();
+        self.drain();
+        st
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn filtered(m: &str) -> String {
+    m.lines().filter(|l| l.starts_with("inferscope_") && !l.contains("_bucket")).collect::<Vec<_>>().join("\n")
+}
+
+/// A server process whose stdout stays open (it prints LISTENING again after a restart in place).
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn start(cmd: &mut Command) -> (Proc, u16) {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Proc { child, lines: rx };
+        let port = p.listening();
+        (p, port)
+    }
+
+    pub fn listening(&mut self) -> u16 {
+        let l = self.lines.recv_timeout(Duration::from_secs(20)).expect("server printed LISTENING");
+        l.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("said {l:?}")).parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rust_server(dir: &Path) -> (Proc, u16) {
+    Proc::start(
+        Command::new(workspace_root().join("target/release/sse-server"))
+            .args(["--port", "0", "--truth"])
+            .arg(dir.join("rust-truth.jsonl")),
+    )
+}
+
+pub fn python_server(dir: &Path, n: u32) -> (Proc, u16) {
+    Proc::start(
+        Command::new("python3")
+            .arg(workspace_root().join("tests/servers/sse_server.py"))
+            .args(["--port", "0", "--truth"])
+            .arg(dir.join(format!("py-truth-{n}.jsonl"))),
+    )
+}
+
+pub fn load(port: u16, n: usize, query: &str, tag: &str) {
+    let s = testbed::run_load(&format!("127.0.0.1:{port}"), n, 2, true, query, tag).unwrap();
+    assert_eq!(s.ok, n, "{:?}", s.results.iter().find(|r| r.error.is_some()));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn stages_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn config(dir: &Path) -> String {
+    let rust_stages = stages_file(dir, "rust.stages", "prefill *::prefill_work\ndecode *::decode_work\n");
+    let churn_stages = stages_file(dir, "churn.stages", "work churn_work\n");
+    format!(
+        r#"
+reconcile_seconds = 2
+series_grace_seconds = 1
+uprobe_linger_seconds = 1
+[[rule]]
+name = "rust-sse"
+comm = ["sse-server"]
+profile = "{}"
+[[rule]]
+name = "py-sse"
+comm = ["python3"]
+cmdline = ["*sse_server.py*"]
+[[rule]]
+name = "churn"
+comm = ["churn-target"]
+profile = "{}"
+"#,
+        rust_stages.display(),
+        churn_stages.display()
+    )
+}
+
+const STREAM: &str = "tokens=8&interval_ms=2&prefill_ms=5&burn=1";
+
+#[test]
+fn discovers_measures_and_follows_restarts_and_churn() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon");
+    let mut d = Daemon::start(&dir, &config(&dir), &[]);
+    d.wait_ready();
+    let m = d.metrics();
+    let targets_before = metric(&m, "inferscope_targets", &[]);
+
+    // Two servers in two languages, started after the agent: found through exec records.
+    let (rust, rust_port) = rust_server(&dir);
+    let (mut py, py_port) = python_server(&dir, 1);
+    d.wait_for("both servers followed", |m| metric(m, "inferscope_targets", &[]) == targets_before + 2.0);
+    load(rust_port, 20, STREAM, "req-r-");
+    load(py_port, 20, STREAM, "req-p-");
+    let m = d.wait_for("40 requests", |m| {
+        metric(m, "inferscope_requests_total", &[("service", "rust-sse")]) == 20.0
+            && metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 20.0
+    });
+    for svc in ["rust-sse", "py-sse"] {
+        let ttft = metric(&m, "inferscope_time_to_first_token_seconds_count", &[("service", svc)]);
+        assert_eq!(ttft, 20.0, "{svc}: one TTFT per streamed request");
+        let itl = metric(&m, "inferscope_inter_token_latency_seconds_count", &[("service", svc)]);
+        assert_eq!(itl, 20.0 * 7.0, "{svc}: 8 tokens, 7 gaps per request");
+        assert_eq!(metric(&m, "inferscope_stream_chunks_total", &[("service", svc)]), 160.0);
+        let ttft_sum = metric(&m, "inferscope_time_to_first_token_seconds_sum", &[("service", svc)]);
+        assert!(ttft_sum / 20.0 > 0.004, "{svc}: TTFT includes the 5 ms prefill: {}", ttft_sum / 20.0);
+        assert_eq!(
+            metric(
+                &m,
+                "inferscope_requests_total",
+                &[("service", svc), ("route", "/v1/chat/completions/:id"), ("status", "2xx")]
+            ),
+            20.0,
+            "route and status class labels"
+        );
+    }
+    let prefill =
+        metric(&m, "inferscope_stage_duration_seconds_count", &[("service", "rust-sse"), ("stage", "prefill")]);
+    assert!(prefill >= 20.0, "the rust rule's stage profile is attached: {prefill} prefill calls");
+
+    // Restart in place: SIGHUP makes the Python server exec itself (same PID, new image).
+    let py_pid = py.pid();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(py_pid as i32, libc::SIGHUP) };
+    let again = py.listening();
+    assert_eq!(again, py_port);
+    d.wait_for("exec detected", |m| metric(m, "inferscope_target_detaches_total", &[]) >= 1.0);
+    d.wait_for("re-attached after exec", |m| metric(m, "inferscope_targets", &[]) == targets_before + 2.0);
+    load(py_port, 10, STREAM, "req-p2-");
+    d.wait_for("measured after exec", |m| metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 30.0);
+    assert!(d.drain().iter().any(|l| l.contains(&format!("stopped following pid {py_pid} (exec)"))));
+
+    // Killed and started again: a new PID.
+    drop(py);
+    d.wait_for("exit detected", |m| metric(m, "inferscope_targets", &[]) == targets_before + 1.0);
+    let (py2, py2_port) = python_server(&dir, 2);
+    assert_ne!(py2.pid(), py_pid);
+    d.wait_for("new process followed", |m| metric(m, "inferscope_targets", &[]) == targets_before + 2.0);
+    load(py2_port, 10, STREAM, "req-p3-");
+    d.wait_for("measured after restart", |m| metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 40.0);
+
+    // Churn: hundreds of short-lived matching processes, each with a probed function.
+    let churn = dir.join("churn-target");
+    let st = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&churn)
+        .arg(workspace_root().join("tests/targets/churn.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let m = d.metrics();
+    let attaches0 = metric(&m, "inferscope_target_attaches_total", &[]);
+    let probes0 = metric(&m, "inferscope_probes_attached", &[]);
+    let stages0 = metric(&m, "inferscope_stage_duration_seconds_count", &[("stage", "work")]);
+    // Warm-up round (first use of code paths and allocations), then measure memory.
+    churn_round(&churn, 40);
+    std::thread::sleep(Duration::from_secs(2));
+    let rss0 = rss_kib(d.child.id());
+    churn_round(&churn, 300);
+    let m = d.wait_for("churn targets gone", |m| metric(m, "inferscope_targets", &[]) == targets_before + 2.0);
+    std::thread::sleep(Duration::from_secs(2)); // a reconcile and a health update
+    let m2 = d.metrics();
+    let rss1 = rss_kib(d.child.id());
+    let attached = metric(&m, "inferscope_target_attaches_total", &[]) - attaches0;
+    let worked = metric(&m, "inferscope_stage_duration_seconds_count", &[("stage", "work")]) - stages0;
+    eprintln!("churn: {attached} attaches, {worked} probed calls timed, RSS {rss0} -> {rss1} KiB");
+    // Each lives 60 ms. The kernel follows a process named in a rule from its exec; the agent
+    // confirms it when it reads the record, which on this 2-core machine under churn can come
+    // after the process is gone (its calls are still timed, it is just not counted as attached).
+    assert!(attached >= 150.0, "churn processes confirmed: {attached} of 300");
+    assert!(worked >= 150.0, "probed calls of the churn processes timed: {worked} of 600");
+    assert_eq!(metric(&m2, "inferscope_probes_attached", &[]), probes0, "no uprobe left behind");
+    assert_eq!(
+        metric(&m2, "inferscope_map_fill_ratio", &[("map", "TARGETS")]) * 1024.0,
+        targets_before + 2.0,
+        "no TARGETS entry left behind"
+    );
+    assert!(rss1 < rss0 + 8 * 1024, "memory flat under churn: {rss0} -> {rss1} KiB");
+    drop(rust);
+    drop(py2);
+    assert!(d.stop().success(), "SIGTERM ends the agent cleanly");
+}
+
+fn churn_round(exe: &Path, n: usize) {
+    let mut running: Vec<Child> = Vec::new();
+    for _ in 0..n {
+        running.push(Command::new(exe).arg("60").spawn().unwrap());
+        if running.len() >= 8 {
+            let mut first = running.remove(0);
+            assert!(first.wait().unwrap().success());
+        }
+    }
+    for mut c in running {
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn refuses_without_capabilities_and_runs_without_sys_admin() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-caps");
+    // Only BPF and PERFMON: it names what else it needs, and exits.
+    let mut d = Daemon::start(&dir, &config(&dir), &["setpriv", "--bounding-set", "-all,+bpf,+perfmon", "--"]);
+    let st = d.child.wait().unwrap();
+    let log = d.drain().join("\n");
+    assert!(!st.success());
+    assert!(log.contains("CAP_SYS_PTRACE") && log.contains("CAP_DAC_READ_SEARCH"), "{log}");
+    // The five the DaemonSet grants, no CAP_SYS_ADMIN: it runs and measures.
+    let mut d = Daemon::start(
+        &dir,
+        &config(&dir),
+        &["setpriv", "--bounding-set", "-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search,+sys_resource", "--"],
+    );
+    d.wait_ready();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    let capeff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_string();
+    // CAP_SYS_RESOURCE (bit 24) only where this machine's own bounding set has it.
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bnd = own.lines().find_map(|l| l.strip_prefix("CapBnd:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+    let want = 0xc0_0008_0004u64 | (bnd.unwrap() & (1 << 24));
+    let got = u64::from_str_radix(capeff.trim_start_matches("CapEff:").trim(), 16).unwrap();
+    assert_eq!(got, want, "exactly BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH (+ SYS_RESOURCE): {capeff}");
+    let (_rust, port) = rust_server(&dir);
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) >= 1.0);
+    load(port, 5, STREAM, "req-c-");
+    d.wait_for("measured", |m| metric(m, "inferscope_requests_total", &[("service", "rust-sse")]) == 5.0);
+    // Measured answer to "is CAP_SYS_ADMIN needed?": for stream timing (tracepoints, BPF maps)
+    // no. For stage latency, on this kernel, yes: perf_event_open of the uprobe PMU answers
+    // EACCES without it. The agent says so, counts it, and keeps measuring streams.
+    let m = d.metrics();
+    let staged = metric(&m, "inferscope_stage_duration_seconds_count", &[("stage", "prefill")]);
+    let errors = metric(&m, "inferscope_attach_errors_total", &[]);
+    eprintln!("without CAP_SYS_ADMIN: {staged} prefill calls timed, {errors} attach errors");
+    assert!(staged >= 5.0 || errors >= 1.0, "either uprobes work or their failure is counted");
+    if staged == 0.0 {
+        assert!(d.drain().iter().any(|l| l.contains("stage `prefill`") && l.contains("perf_event_open")));
+    }
+}
+
+#[test]
+fn endpoint_survives_garbage_and_floods() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-http");
+    let mut d = Daemon::start(&dir, &config(&dir), &[]);
+    d.wait_ready();
+    let port = d.port;
+    // Garbage, an oversized head, and 200 connections that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            idle.push(s);
+        }
+    }
+    for junk in [&b"\x16\x03\x01\x02\x00garbage\r\n\r\n"[..], b"GET /metrics HTTP/9\r\n\r\n", &[b'A'; 20000][..]] {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(junk);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+        }
+    }
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    // Still serving, healthy, and answering bad flamegraph requests with a reason.
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert!(d.metrics().contains("inferscope_targets"));
+    assert_eq!(http_get(port, "/flamegraph.svg").0, 400);
+    let (st, body) = http_get(port, "/flamegraph.svg?pid=1&seconds=1");
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("not a followed process"), "{body}");
+    // An on-demand flamegraph of a followed server while it streams.
+    let (rust, rport) = rust_server(&dir);
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) >= 1.0);
+    let pid = rust.pid();
+    let loader = std::thread::spawn(move || load(rport, 30, "tokens=20&interval_ms=5&prefill_ms=20&burn=1", "req-f-"));
+    let (st, svg) = http_get(port, &format!("/flamegraph.svg?pid={pid}&seconds=2"));
+    loader.join().unwrap();
+    assert_eq!(st, 200, "{svg}");
+    assert!(svg.contains("<svg") && svg.contains("decode_work"), "a symbolized flamegraph");
+    assert!(d.stop().success());
+}
