@@ -11,6 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod dashboards;
+pub mod gpu;
 mod load;
 pub mod proto;
 
