@@ -30,7 +30,7 @@ pub fn free_port() -> u16 {
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -54,6 +54,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 impl Daemon {
     pub fn start(dir: &Path, config: &str, wrapper: &[&str]) -> Daemon {
+        Self::start_with_env(dir, config, wrapper, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: &str, wrapper: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let cfg = dir.join("config.toml");
         std::fs::write(&cfg, config).unwrap();
         let port = free_port();
@@ -66,6 +70,7 @@ impl Daemon {
             .arg(&cfg)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -451,5 +456,96 @@ fn endpoint_survives_garbage_and_floods() {
     loader.join().unwrap();
     assert_eq!(st, 200, "{svg}");
     assert!(svg.contains("<svg") && svg.contains("decode_work"), "a symbolized flamegraph");
+    assert!(d.stop().success());
+}
+
+/// Percent-encoding for a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus (Debian's package) scrapes the agent while a server streams and the NVML
+/// stand-in reports a GPU; every query of every dashboard panel, variables filled in, returns
+/// data through Prometheus's HTTP API.
+#[test]
+fn prometheus_scrapes_and_every_dashboard_query_has_data() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-prom");
+    let gpu = testbed::gpu::build_standins(&dir.join("gpu")).unwrap();
+    let state = dir.join("nvml-state.txt");
+    let mut gpu_state = testbed::gpu::GpuState {
+        devices: vec![testbed::gpu::DeviceState::typical(70)],
+        processes: Vec::new(),
+        fail: Vec::new(),
+    };
+    testbed::gpu::write_state(&state, &gpu_state).unwrap();
+    let cfg = format!("gpu_sample_hz = 10\nnvml_library = \"{}\"\n{}", gpu.nvml.display(), config(&dir));
+    let mut d = Daemon::start_with_env(&dir, &cfg, &[], &[("INFERSCOPE_NVML_STANDIN_STATE", &state)]);
+    d.wait_ready();
+    let (rust, port) = rust_server(&dir);
+    gpu_state.processes.push(testbed::gpu::ProcessState {
+        gpu: 0,
+        pid: rust.pid(),
+        fb_used: Some(1 << 30),
+        sm_util: Some(60),
+        mem_util: Some(20),
+    });
+    testbed::gpu::write_state(&state, &gpu_state).unwrap();
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) >= 1.0);
+
+    let prom_port = free_port();
+    let prom_cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: inferscope\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            d.port
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", prom_cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package) is installed by cargo xtask setup");
+    // Streams (and a few client errors) for 8 s while Prometheus scrapes every second.
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(8) {
+        load(port, 4, STREAM, &format!("req-m{n}-"));
+        let _ = testbed::run_load(&format!("127.0.0.1:{port}"), 1, 1, true, "tokens=abc", "req-bad-");
+        n += 1;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+
+    let dashboards = testbed::dashboards::load_dir_named(&workspace_root().join("dashboards")).unwrap();
+    let vars: std::collections::BTreeMap<String, String> =
+        [("job".to_string(), "inferscope".to_string())].into_iter().collect();
+    let queries = testbed::dashboards::panel_queries(&dashboards, &vars);
+    assert!(queries.len() >= 40, "{} queries", queries.len());
+    let mut empty = Vec::new();
+    for q in &queries {
+        let (st, body) = http_get(prom_port, &format!("/api/v1/query?query={}", urlencode(&q.expr)));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let has_data = st == 200
+            && v["status"] == "success"
+            && v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+        if !has_data {
+            empty.push(format!("{} / {}: {} -> {st} {}", q.dashboard, q.panel, q.expr, &body[..body.len().min(200)]));
+        }
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    drop(rust);
+    eprintln!("{} dashboard queries, {} without data", queries.len(), empty.len());
+    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
     assert!(d.stop().success());
 }

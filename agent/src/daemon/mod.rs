@@ -76,6 +76,8 @@ pub struct Daemon {
     profiler_started: bool,
     capture: Option<Capture>,
     symbolizer: crate::symbols::Symbolizer,
+    gpu: Option<crate::gpu::GpuTelemetry>,
+    last_gpu_errors: BTreeMap<&'static str, u64>,
 }
 
 impl Daemon {
@@ -96,6 +98,8 @@ impl Daemon {
             profiler_started: false,
             capture: None,
             symbolizer: crate::symbols::Symbolizer::new(),
+            gpu: None,
+            last_gpu_errors: BTreeMap::new(),
         }
     }
 
@@ -346,6 +350,7 @@ impl Daemon {
         }
         self.expire_uprobes(now, Duration::from_secs_f64(self.cfg.uprobe_linger_seconds));
         self.update_health();
+        self.update_gpu();
         self.metrics.sweep(now, Duration::from_secs_f64(self.cfg.series_grace_seconds));
     }
 
@@ -360,6 +365,45 @@ impl Daemon {
         for key in expired {
             if let Some((links, _, _)) = self.uprobes.remove(&key) {
                 self.probes.detach_stages(links);
+            }
+        }
+    }
+
+    /// NVML's latest sample as DCGM-like gauges; per-process use joined to targets by PID.
+    fn update_gpu(&mut self) {
+        let Some(gpu) = &self.gpu else { return };
+        for (call, n) in gpu.errors() {
+            let before = self.last_gpu_errors.insert(call, n).unwrap_or(0);
+            self.metrics.gpu_errors.with_label_values(&[call]).inc_by(n.saturating_sub(before));
+        }
+        let Some(snap) = gpu.latest() else { return };
+        for d in &snap.devices {
+            let idx = d.index.to_string();
+            let labels = [idx.as_str(), d.uuid.as_deref().unwrap_or(""), d.name.as_deref().unwrap_or("")];
+            let fields: [(&str, Option<f64>); 8] = [
+                ("util", d.util_pct.map(f64::from)),
+                ("mem_util", d.mem_util_pct.map(f64::from)),
+                ("fb_used", d.fb_used_bytes.map(|v| v as f64)),
+                ("fb_total", d.fb_total_bytes.map(|v| v as f64)),
+                ("power", d.power_w),
+                ("temp", d.temp_c.map(f64::from)),
+                ("sm_clock", d.sm_clock_hz.map(|v| v as f64)),
+                ("throttle", d.throttle_reasons.map(|v| v as f64)),
+            ];
+            for (field, value) in fields {
+                if let (Some(v), Some(g)) = (value, self.metrics.gpu_device.get(field)) {
+                    g.with_label_values(&labels).set(v);
+                }
+            }
+        }
+        for p in &snap.processes {
+            let Some(t) = self.targets.get(&p.pid) else { continue };
+            let (labels, gpu) = (t.labels.clone(), p.gpu.to_string());
+            if let Some(v) = p.fb_used_bytes {
+                self.metrics.set_gpu_process(&labels, &gpu, "fb_used", v as f64);
+            }
+            if let Some(v) = p.sm_util_pct {
+                self.metrics.set_gpu_process(&labels, &gpu, "sm_util", f64::from(v));
             }
         }
     }
@@ -543,6 +587,24 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     // Exec records flow from here on; the scan covers what started before.
     daemon.reconcile();
+    if daemon.cfg.gpu_sample_hz > 0.0 {
+        let gpu = crate::gpu::GpuTelemetry::start(crate::gpu::GpuOptions {
+            library: daemon.cfg.nvml_library.clone(),
+            hz: daemon.cfg.gpu_sample_hz,
+            ..crate::gpu::GpuOptions::default()
+        });
+        let status = gpu.status();
+        if status.enabled {
+            log::info!("GPU telemetry on: {} device(s) at {} Hz", status.devices, daemon.cfg.gpu_sample_hz);
+            daemon.metrics.gpu_enabled.set(1);
+        } else {
+            // Said once; everything else works without it.
+            log::info!("{}", status.reason.unwrap_or_else(|| "GPU telemetry off".into()));
+        }
+        daemon.gpu = Some(gpu);
+    } else {
+        log::info!("GPU telemetry off: gpu_sample_hz = 0 in the config");
+    }
     shared.ready.store(true, Ordering::Relaxed);
     log::info!(
         "inferscope agent: {} rule(s) from {}, following {} process(es), metrics on http://{addr}/metrics",
