@@ -535,9 +535,8 @@ fn prometheus_scrapes_and_every_dashboard_query_has_data() {
     for q in &queries {
         let (st, body) = http_get(prom_port, &format!("/api/v1/query?query={}", urlencode(&q.expr)));
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let has_data = st == 200
-            && v["status"] == "success"
-            && v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+        let has_data =
+            st == 200 && v["status"] == "success" && v["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
         if !has_data {
             empty.push(format!("{} / {}: {} -> {st} {}", q.dashboard, q.panel, q.expr, &body[..body.len().min(200)]));
         }

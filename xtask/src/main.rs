@@ -39,6 +39,9 @@ enum Cmd {
         /// Alternating pairs of runs per load level.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Run only these steps (comma-separated or repeated), e.g. `--only cpu`.
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::STEPS))]
+        only: Vec<String>,
     },
     /// setup + build, then attach to a bundled example server, drive streamed requests, report.
     Demo {
@@ -72,14 +75,10 @@ fn main() -> Result<()> {
             println!("{}\n{}", l.server.display(), l.model.display());
             Ok(())
         }
-        Cmd::Bench { rounds } => {
+        Cmd::Bench { rounds, only } => {
             setup()?;
             build()?;
-            bench::overhead(rounds)?;
-            bench::uprobe_cost(rounds)?;
-            bench::llama_overhead(&root, rounds)?;
-            step("bench: criterion (userspace decode throughput)");
-            run(Command::new("cargo").args(["bench", "-p", "inferscope", "--bench", "decode"]))
+            bench::run_selected(&root, rounds, &only)
         }
         Cmd::Demo { requests, json } => {
             setup()?;
@@ -147,6 +146,11 @@ fn setup() -> Result<()> {
         ("perf", "linux-perf"),
         ("cc", "gcc"),
         ("strip", "binutils"),
+        // Daemon tests: a real Prometheus scrapes the agent; setpriv runs it with fewer capabilities.
+        ("prometheus", "prometheus"),
+        ("setpriv", "util-linux"),
+        // deploy/validate.sh makes a venv for its offline Kubernetes schema validator.
+        ("python3", "python3-venv"),
     ];
     let missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
