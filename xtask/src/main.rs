@@ -149,8 +149,6 @@ fn setup() -> Result<()> {
         // Daemon tests: a real Prometheus scrapes the agent; setpriv runs it with fewer capabilities.
         ("prometheus", "prometheus"),
         ("setpriv", "util-linux"),
-        // deploy/validate.sh makes a venv for its offline Kubernetes schema validator.
-        ("python3", "python3-venv"),
     ];
     let missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
