@@ -350,8 +350,8 @@ pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> R
     Ok(())
 }
 
-/// CPU-bound target for the sampling-overhead bench: a loop 18 frames deep (main, 17 calls) (frame pointers, no
-/// tail calls), so every sample walks a stack of realistic depth. No syscalls while it spins
+/// CPU-bound target for the sampling-overhead bench: a loop 18 frames deep (main and 17 calls,
+/// frame pointers, no tail calls), so every sample walks a stack of realistic depth. No syscalls while it spins
 /// (CLOCK_MONOTONIC is read through the vDSO). Prints `READY PID`; for each stdin line `SECONDS`
 /// it spins that long and prints `RATE <iterations per wall second> <iterations per CPU second>`.
 const SPIN_C: &str = r#"#include <stdio.h>
@@ -402,34 +402,55 @@ int main(void) {
 /// Seconds of spinning per measured window.
 const CPU_WINDOW_S: f64 = 3.0;
 
-/// One measured window of the spin target: iterations per wall and per CPU second, and with the
-/// agent, the samples it reported and its top self function (a sanity check that it sampled).
+/// What samples the spin target during a window.
+#[derive(Clone, Copy)]
+enum Sampler {
+    Inferscope(u64),
+    /// `perf record -g` at the same frequency: the same kernel sampling path without our eBPF
+    /// program, to tell the platform's cost per sample from ours.
+    Perf(u64),
+}
+
+impl Sampler {
+    fn name(self) -> &'static str {
+        match self {
+            Sampler::Inferscope(_) => "agent",
+            Sampler::Perf(_) => "perf",
+        }
+    }
+}
+
+/// One measured window of the spin target: iterations per wall and per CPU second; with a
+/// sampler, the samples it took, its top self function (agent only: a check that it sampled
+/// the right thing) and its own CPU.
 struct SpinWindow {
     wall_rate: f64,
     cpu_rate: f64,
     samples: u64,
     top: String,
-    /// The agent's own CPU over the window, share of one core (10 ms ticks).
-    agent_cpu: f64,
+    /// The sampler's own CPU over the window, share of one core (10 ms ticks).
+    sampler_cpu: f64,
 }
 
-fn spin_window(
-    stdin: &mut std::process::ChildStdin,
-    out: &mut std::io::BufReader<std::process::ChildStdout>,
-    pid: u32,
-    hz: Option<u64>,
-) -> Result<SpinWindow> {
-    use std::io::Write as _;
+/// Reads a pipe to its end on a thread; the text comes back through the handle.
+fn drain(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn start_sampler(sampler: Sampler, pid: u32) -> Result<(KillOnDrop, std::thread::JoinHandle<String>)> {
     let dir = std::path::PathBuf::from("target/bench");
-    let (svg, json) = (dir.join("cpu-overhead.svg"), dir.join("cpu-overhead.json"));
-    let _ = std::fs::remove_file(&json);
-    let agent = match hz {
-        Some(hz) => {
+    match sampler {
+        Sampler::Inferscope(hz) => {
+            let _ = std::fs::remove_file(dir.join("cpu-overhead.json"));
             let mut a = Command::new("target/release/inferscope")
                 .args(["attach", "--pid", &pid.to_string(), "--quiet", "--flamegraph"])
-                .arg(&svg)
+                .arg(dir.join("cpu-overhead.svg"))
                 .arg("--json")
-                .arg(&json)
+                .arg(dir.join("cpu-overhead.json"))
                 .args(["--frequency", &hz.to_string(), "--duration", "120"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -444,18 +465,39 @@ fn spin_window(
             if !l.contains("attached to pid") {
                 bail!("inferscope exited before attaching");
             }
-            std::thread::spawn(move || for _ in reader.lines() {});
-            Some(a)
+            Ok((a, drain(reader.into_inner())))
         }
-        None => None,
-    };
-    let agent_cpu0 = agent.as_ref().map(|a| cpu_ns(a.0.id())).transpose()?;
+        Sampler::Perf(hz) => {
+            let mut p = Command::new("perf")
+                .args(["record", "-F", &hz.to_string(), "-g", "-p", &pid.to_string(), "-o"])
+                .arg(dir.join("spin.perf.data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot start perf (apt-get install linux-perf)")?;
+            let err = drain(p.stderr.take().context("stderr")?);
+            // perf says nothing once its events are open; give it the time it takes here.
+            std::thread::sleep(Duration::from_millis(500));
+            Ok((KillOnDrop(p), err))
+        }
+    }
+}
+
+fn spin_window(
+    stdin: &mut std::process::ChildStdin,
+    out: &mut std::io::BufReader<std::process::ChildStdout>,
+    pid: u32,
+    sampler: Option<Sampler>,
+) -> Result<SpinWindow> {
+    use std::io::Write as _;
+    let running = sampler.map(|s| start_sampler(s, pid)).transpose()?;
+    let sampler_cpu0 = running.as_ref().map(|(p, _)| cpu_ns(p.0.id())).transpose()?;
     let t0 = Instant::now();
     writeln!(stdin, "{CPU_WINDOW_S}")?;
     let mut line = String::new();
     out.read_line(&mut line)?;
-    let agent_cpu = match (&agent, agent_cpu0) {
-        (Some(a), Some(c0)) => (cpu_ns(a.0.id())? - c0) / t0.elapsed().as_nanos() as f64,
+    let sampler_cpu = match (&running, sampler_cpu0) {
+        (Some((p, _)), Some(c0)) => (cpu_ns(p.0.id())? - c0) / t0.elapsed().as_nanos() as f64,
         _ => 0.0,
     };
     let mut f = line.split_whitespace().skip(1).map(str::parse::<f64>);
@@ -463,22 +505,35 @@ fn spin_window(
         (Some(Ok(w)), Some(Ok(c))) => (w, c),
         _ => bail!("spin target said {line:?}, expected RATE <wall> <cpu>"),
     };
-    let mut w = SpinWindow { wall_rate, cpu_rate, samples: 0, top: String::new(), agent_cpu };
-    if let Some(mut a) = agent {
-        // SIGINT: the agent stops sampling, symbolizes, writes the SVG and JSON, and exits; wait
-        // for that so its exit work does not overlap the next window.
-        crate::run(Command::new("kill").args(["-INT", &a.0.id().to_string()]))?;
+    let mut w = SpinWindow { wall_rate, cpu_rate, samples: 0, top: String::new(), sampler_cpu };
+    if let (Some((mut p, err)), Some(sampler)) = (running, sampler) {
+        // SIGINT: the agent stops sampling, symbolizes, writes the SVG and JSON, and exits (perf
+        // writes its data file); wait, so that exit work does not overlap the next window.
+        crate::run(Command::new("kill").args(["-INT", &p.0.id().to_string()]))?;
         let t0 = Instant::now();
-        while a.0.try_wait()?.is_none() {
+        while p.0.try_wait()?.is_none() {
             if t0.elapsed() > Duration::from_secs(60) {
-                bail!("inferscope did not exit within 60 s of SIGINT");
+                bail!("{} did not exit within 60 s of SIGINT", sampler.name());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-        w.samples = doc["cpu"]["samples"].as_u64().unwrap_or(0);
-        w.top = doc["cpu"]["top_functions"][0]["function"].as_str().unwrap_or("?").to_string();
-        drop(a);
+        let err = err.join().unwrap_or_default();
+        match sampler {
+            Sampler::Inferscope(_) => {
+                let json = std::fs::read_to_string("target/bench/cpu-overhead.json")
+                    .with_context(|| format!("no JSON report from inferscope: {err}"))?;
+                let doc: serde_json::Value = serde_json::from_str(&json)?;
+                w.samples = doc["cpu"]["samples"].as_u64().unwrap_or(0);
+                w.top = doc["cpu"]["top_functions"][0]["function"].as_str().unwrap_or("?").to_string();
+            }
+            Sampler::Perf(_) => {
+                // "[ perf record: Captured and wrote 1.2 MB spin.perf.data (2990 samples) ]"
+                w.samples = err
+                    .rsplit_once(" samples)")
+                    .and_then(|(head, _)| head.rsplit('(').next()?.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
     Ok(w)
@@ -494,7 +549,9 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 /// Sampling overhead (issue 4): iterations/s of a CPU-bound target in windows alternating with
 /// and without `inferscope attach --flamegraph --frequency HZ`, same target process throughout
 /// (no start-up or address-layout differences between the two sides). 99 Hz is the default
-/// frequency (goal < 1 %); 999 Hz shows how the cost scales.
+/// frequency (goal < 1 %); 999 and 9999 Hz magnify the cost per sample above the noise of a
+/// shared VM so that it can be scaled back to 99 Hz; `perf record -g` at 9999 Hz is the
+/// reference for what the kernel's sampling costs without our eBPF program.
 pub fn cpu_sampling_overhead(rounds: usize) -> Result<()> {
     let dir = std::path::PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -516,82 +573,94 @@ pub fn cpu_sampling_overhead(rounds: usize) -> Result<()> {
     // One unmeasured window: page cache, CPU frequency and the scheduler settle.
     spin_window(&mut stdin, &mut out, pid, None)?;
 
-    // 99 Hz is the default and the goal; 999 and 9999 Hz magnify the per-sample cost above the
-    // noise of this shared VM, so it can be measured and scaled back to 99 Hz.
-    for (hz, pairs) in [(99u64, (2 * rounds).max(3)), (999, rounds.max(2)), (9999, rounds.div_ceil(2).max(2))] {
-        step(&format!(
-            "bench: CPU sampling overhead at {hz} Hz — {pairs} alternating pairs of {CPU_WINDOW_S} s windows (without, with agent)"
-        ));
-        let (mut ratios, mut cpu_ratios, mut base, mut agent_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut samples = Vec::new();
+    // Each agent start and stop costs ~3 s here (loading and verifying the eBPF programs, writing
+    // the SVG), each pair ~10 s: these counts keep the step near 2 minutes at --rounds 3 and
+    // under 3 at --rounds 5. The magnified runs need few pairs: their effect is far above noise.
+    let few = rounds.div_ceil(2).max(2);
+    let plan = [
+        (Sampler::Inferscope(99), (rounds + 3).max(4)),
+        (Sampler::Inferscope(999), few),
+        (Sampler::Inferscope(9999), few),
+        (Sampler::Perf(9999), 2),
+    ];
+    for (sampler, pairs) in plan {
+        let (Sampler::Inferscope(hz) | Sampler::Perf(hz)) = sampler;
+        let what = match sampler {
+            Sampler::Inferscope(_) => format!("inferscope attach --flamegraph --frequency {hz}"),
+            Sampler::Perf(_) => format!("perf record -F {hz} -g (reference)"),
+        };
+        step(&format!("bench: CPU sampling overhead, {what} — {pairs} alternating pairs of {CPU_WINDOW_S} s windows"));
+        let (mut ratios, mut cpu_ratios, mut base) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut samples, mut sampler_cpu) = (Vec::new(), Vec::new());
         // Pairs where the target had its CPU for ≥ 98 % of both windows: on a shared 2-core
         // machine, other work preempting the target swamps a 1 % effect on the wall-clock rate.
         let mut clean = Vec::new();
         for i in 0..pairs {
             // Alternate which goes first so drift does not favour one side.
-            let order = if i % 2 == 0 { [None, Some(hz)] } else { [Some(hz), None] };
+            let order = if i % 2 == 0 { [None, Some(sampler)] } else { [Some(sampler), None] };
             let mut pair = [None, None];
-            for h in order {
-                let w = spin_window(&mut stdin, &mut out, pid, h)?;
+            for s in order {
+                let w = spin_window(&mut stdin, &mut out, pid, s)?;
                 eprintln!(
                     "  {:<8} {:>9.0} it/s wall {:>9.0} it/s CPU{}",
-                    if h.is_some() { "agent" } else { "baseline" },
+                    s.map_or("baseline", Sampler::name),
                     w.wall_rate,
                     w.cpu_rate,
-                    if h.is_some() {
+                    if s.is_some() {
                         format!(
-                            "  {} samples (expected ~{:.0}), top: {}, agent {:.1}% of a core",
+                            "  {} samples (expected ~{:.0}){}, {:.1}% of a core",
                             w.samples,
                             hz as f64 * CPU_WINDOW_S,
-                            w.top,
-                            w.agent_cpu * 100.0
+                            if w.top.is_empty() { String::new() } else { format!(", top: {}", w.top) },
+                            w.sampler_cpu * 100.0
                         )
                     } else {
                         String::new()
                     }
                 );
-                pair[usize::from(h.is_some())] = Some(w);
+                pair[usize::from(s.is_some())] = Some(w);
             }
             if let [Some(without), Some(with)] = pair {
                 ratios.push(with.wall_rate / without.wall_rate);
                 cpu_ratios.push(with.cpu_rate / without.cpu_rate);
                 base.push(without.wall_rate);
-                agent_cpu.push(with.agent_cpu * 100.0);
+                sampler_cpu.push(with.sampler_cpu * 100.0);
                 samples.push(with.samples as f64);
                 if [&with, &without].iter().all(|w| w.wall_rate >= 0.98 * w.cpu_rate) {
                     clean.push(with.wall_rate / without.wall_rate);
                 }
             }
         }
+        let n = ratios.len() as f64;
         let (r, sd) = mean_sd(&ratios);
         let (rc, sdc) = mean_sd(&cpu_ratios);
         let (b, bsd) = mean_sd(&base);
         let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         println!(
-            "RESULT CPU sampling at {hz} Hz: iterations/s with/without = {r:.4} ± {sd:.4} (sd over {} pairs; {:+.2}% ± {:.2}% s.e.; range {min:.4}..{max:.4}); per CPU-second {rc:.4} ± {sdc:.4} ({:+.2}% ± {:.2}% s.e.); baseline {b:.0} ± {bsd:.0} it/s; agent {:.1}% of a core",
-            ratios.len(),
+            "RESULT {what}: iterations/s with/without = {r:.4} ± {sd:.4} (sd over {n} pairs; {:+.2}% ± {:.2}% s.e.; range {min:.4}..{max:.4}); per CPU-second {rc:.4} ± {sdc:.4} ({:+.2}% ± {:.2}% s.e.); baseline {b:.0} ± {bsd:.0} it/s; sampler {:.1}% of a core",
             (r - 1.0) * 100.0,
-            sd / (ratios.len() as f64).sqrt() * 100.0,
+            sd / n.sqrt() * 100.0,
             (rc - 1.0) * 100.0,
-            sdc / (cpu_ratios.len() as f64).sqrt() * 100.0,
-            mean(&agent_cpu)
+            sdc / n.sqrt() * 100.0,
+            mean(&sampler_cpu)
         );
         // Interrupt time is charged to the interrupted task here (no IRQ time accounting), so the
         // work lost per CPU-second over the samples taken per second is the cost of one sample.
         let per_s = mean(&samples) / CPU_WINDOW_S;
-        let cost_us = (1.0 - rc) / per_s * 1e6;
-        println!(
-            "RESULT CPU sampling at {hz} Hz: {per_s:.0} samples/s on the target, ≈ {cost_us:.1} ± {:.1} µs of its CPU per sample, i.e. {:.3}% at 99 Hz",
-            sdc / (cpu_ratios.len() as f64).sqrt() / per_s * 1e6,
-            cost_us * 99.0 / 1e4
-        );
+        if per_s > 0.0 {
+            let cost_us = (1.0 - rc) / per_s * 1e6;
+            println!(
+                "RESULT {what}: {per_s:.0} samples/s on the target, ≈ {cost_us:.1} ± {:.1} µs of its CPU per sample, i.e. {:.3}% at 99 Hz",
+                sdc / n.sqrt() / per_s * 1e6,
+                cost_us * 99.0 / 1e4
+            );
+        }
         if !clean.is_empty() {
             let (rq, sdq) = mean_sd(&clean);
             println!(
-                "RESULT CPU sampling at {hz} Hz, uncontended pairs only ({} of {}): iterations/s with/without = {rq:.4} ± {sdq:.4} ({:+.2}% ± {:.2}% s.e.)",
+                "RESULT {what}, uncontended pairs only ({} of {n}): iterations/s with/without = {rq:.4} ± {sdq:.4} ({:+.2}% ± {:.2}% s.e.)",
                 clean.len(),
-                ratios.len(),
                 (rq - 1.0) * 100.0,
                 sdq / (clean.len() as f64).sqrt() * 100.0
             );
