@@ -321,56 +321,28 @@ impl SocketProbes {
     /// call it at scrape rate, not per event.
     pub fn map_fill(&self) -> Vec<(&'static str, usize, u32)> {
         use agent_common::{limits, OffCpuStart, SampleKey, StageStack, SyscallArgs};
-        let hash = |name: &'static str, n: fn(&aya::maps::Map) -> Option<usize>| self.ebpf.map(name).and_then(n);
-        let rows: [(&'static str, Option<usize>, u32); 8] = [
-            (
-                maps::TARGETS,
-                hash(maps::TARGETS, |m| HashMap::<_, u32, u32>::try_from(m).ok().map(|m| m.keys().count())),
-                limits::TARGETS,
-            ),
-            (
-                maps::CONNS,
-                hash(maps::CONNS, |m| HashMap::<_, u64, u32>::try_from(m).ok().map(|m| m.keys().count())),
-                limits::CONNS,
-            ),
-            (
-                maps::ARGS,
-                hash(maps::ARGS, |m| HashMap::<_, u64, SyscallArgs>::try_from(m).ok().map(|m| m.keys().count())),
-                limits::ARGS,
-            ),
-            (
-                maps::STAGE_STACKS,
-                hash(maps::STAGE_STACKS, |m| HashMap::<_, u32, StageStack>::try_from(m).ok().map(|m| m.keys().count())),
-                limits::STAGE_STACKS,
-            ),
-            (
-                maps::PROFILE_PHASE,
-                hash(maps::PROFILE_PHASE, |m| HashMap::<_, u32, u32>::try_from(m).ok().map(|m| m.keys().count())),
-                limits::TARGETS,
-            ),
-            (
-                maps::SAMPLES,
-                hash(maps::SAMPLES, |m| {
-                    aya::maps::PerCpuHashMap::<_, SampleKey, u64>::try_from(m).ok().map(|m| m.keys().count())
-                }),
-                limits::SAMPLES,
-            ),
-            (
-                maps::OFFCPU,
-                hash(maps::OFFCPU, |m| {
-                    aya::maps::PerCpuHashMap::<_, SampleKey, u64>::try_from(m).ok().map(|m| m.keys().count())
-                }),
-                limits::OFFCPU,
-            ),
-            (
-                maps::OFFCPU_START,
-                hash(maps::OFFCPU_START, |m| {
-                    HashMap::<_, u32, OffCpuStart>::try_from(m).ok().map(|m| m.keys().count())
-                }),
-                limits::OFFCPU_START,
-            ),
-        ];
-        rows.into_iter().map(|(name, n, cap)| (name, n.unwrap_or(0), cap)).collect()
+        vec![
+            (maps::TARGETS, self.hash_len::<u32, u32>(maps::TARGETS), limits::TARGETS),
+            (maps::CONNS, self.hash_len::<u64, u32>(maps::CONNS), limits::CONNS),
+            (maps::ARGS, self.hash_len::<u64, SyscallArgs>(maps::ARGS), limits::ARGS),
+            (maps::STAGE_STACKS, self.hash_len::<u32, StageStack>(maps::STAGE_STACKS), limits::STAGE_STACKS),
+            (maps::PROFILE_PHASE, self.hash_len::<u32, u32>(maps::PROFILE_PHASE), limits::TARGETS),
+            (maps::SAMPLES, self.per_cpu_hash_len::<SampleKey, u64>(maps::SAMPLES), limits::SAMPLES),
+            (maps::OFFCPU, self.per_cpu_hash_len::<SampleKey, u64>(maps::OFFCPU), limits::OFFCPU),
+            (maps::OFFCPU_START, self.hash_len::<u32, OffCpuStart>(maps::OFFCPU_START), limits::OFFCPU_START),
+        ]
+    }
+
+    /// Keys in hash map `name` (0 when it is missing or of another type).
+    fn hash_len<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
+        self.ebpf.map(name).and_then(|m| HashMap::<_, K, V>::try_from(m).ok()).map_or(0, |m| m.keys().count())
+    }
+
+    fn per_cpu_hash_len<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
+        self.ebpf
+            .map(name)
+            .and_then(|m| aya::maps::PerCpuHashMap::<_, K, V>::try_from(m).ok())
+            .map_or(0, |m| m.keys().count())
     }
 
     /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
@@ -460,10 +432,7 @@ impl SocketProbes {
 
     /// Entries in the connection map (for fill reporting).
     pub fn tracked_connections(&self) -> usize {
-        self.ebpf
-            .map(maps::CONNS)
-            .and_then(|m| HashMap::<_, u64, u32>::try_from(m).ok())
-            .map_or(0, |m| m.keys().count())
+        self.hash_len::<u64, u32>(maps::CONNS)
     }
 
     pub fn counters(&self) -> KernelCounters {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,16 +75,8 @@ impl Daemon {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon { child, port, log: rx, lines: Vec::new() }
+        let log = lines_of(child.stderr.take().unwrap());
+        Daemon { child, port, log, lines: Vec::new() }
     }
 
     /// Waits for /readyz; panics with the log if the agent exits or takes over 30 s.
@@ -160,16 +152,8 @@ pub struct Proc {
 impl Proc {
     pub fn start(cmd: &mut Command) -> (Proc, u16) {
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut p = Proc { child, lines: rx };
+        let lines = lines_of(child.stdout.take().unwrap());
+        let mut p = Proc { child, lines };
         let port = p.listening();
         (p, port)
     }

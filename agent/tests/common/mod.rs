@@ -9,6 +9,19 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The lines a child writes to a pipe, read on a thread so the child never blocks on it.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Checks root and serialises the privileged tests of one binary: on a 2-core machine, servers,
 /// agents and load clients of several tests at once would measure the scheduler, not us.
 pub fn require_root() -> std::sync::MutexGuard<'static, ()> {
@@ -110,15 +123,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(child.stderr.take().unwrap());
         let mut agent = Agent { child, json: json.to_path_buf(), stderr_lines: rx, log: Vec::new() };
         let t0 = Instant::now();
         loop {
