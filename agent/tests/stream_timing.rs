@@ -23,6 +23,23 @@ const SCENARIOS: &[(&str, &str, usize, bool, usize)] = &[
 
 const TTFT_TOLERANCE_S: f64 = 0.001;
 const ITL_MEDIAN_TOLERANCE_S: f64 = 0.0005;
+/// How far the syscall may trail a truth write stamp (taken right before the write call):
+/// the Rust server's stamps stay within tens of µs; an interpreter can be preempted or run a
+/// GC step between its stamp and the syscall.
+const WRITE_LAG_RUST_NS: u64 = 1_000_000;
+const WRITE_LAG_INTERPRETED_NS: u64 = 2_000_000;
+/// Slack below a stamp for clock reads on different CPUs.
+const EARLY_NS: u64 = 50_000;
+
+/// Asserts `lo <= got <= hi` with all three as offsets from `lo` in the message.
+fn within(ctx: &str, what: &str, got: u64, lo: u64, hi: u64) {
+    assert!(
+        lo <= got && got <= hi,
+        "{ctx}: {what} at {got} ns, outside [{lo}, {hi}] (got - lo = {} µs, hi - lo = {} µs)",
+        (got as i64 - lo as i64) / 1000,
+        (hi - lo) / 1000
+    );
+}
 
 fn check_server(kind: ServerKind) {
     let _serial = require_root();
@@ -38,6 +55,7 @@ fn check_server(kind: ServerKind) {
     }
     let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
     let mut sent = 0;
+    let mut sent_ns = std::collections::HashMap::new();
     for (prefix, query, conc, ka, n) in SCENARIOS.iter().filter(|s| !(kind == ServerKind::Node && s.0 == "coal")) {
         // Node's http layer corks the socket around a response's first write, so with
         // coalesce=1 it sometimes merges two res.write() calls into one syscall: the server's
@@ -62,6 +80,7 @@ fn check_server(kind: ServerKind) {
             s.results.iter().filter_map(|r| r.error.clone()).collect::<Vec<_>>()
         );
         sent += n;
+        sent_ns.extend(s.results.iter().map(|r| (r.id.clone(), r.sent_ns)));
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let report = agent.stop();
@@ -83,35 +102,50 @@ fn check_server(kind: ServerKind) {
             assert_eq!(r["method"], "POST", "{ctx}");
             assert_eq!(r["chunks"].as_u64().unwrap(), t.chunks as u64, "{ctx}: chunks");
             assert_eq!(r["tokens"].as_u64(), t.tokens.map(u64::from), "{ctx}: tokens");
-            // Each timestamp separately, then the derived durations.
+            // Each timestamp separately against what bounds it, then the derived durations.
+            // The agent stamps syscalls in the kernel. The request arrives between the
+            // client's stamp before its write and the server's stamp after its read (an
+            // interpreter's stamp can trail the read by a scheduler slice on a loaded machine);
+            // each response write follows the server's stamp before its write call.
+            let lag = if kind == ServerKind::Rust { WRITE_LAG_RUST_NS } else { WRITE_LAG_INTERPRETED_NS };
+            let ts = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{ctx}: no {k} in {r}"));
+            let client_sent = sent_ns[&t.id];
+            assert!(client_sent > 0, "{ctx}: the client stamped its send");
+            within(&ctx, "request", ts("request_ns"), client_sent, t.request_ns + EARLY_NS);
+            within(&ctx, "first byte", ts("first_byte_ns"), t.first_byte_ns - EARLY_NS, t.first_byte_ns + lag);
+            within(&ctx, "end", ts("end_ns"), t.end_ns - EARLY_NS, t.end_ns + lag);
+            match (r["first_token_ns"].as_u64(), t.first_token_ns) {
+                (Some(a), Some(b)) => within(&ctx, "first token", a, b - EARLY_NS, b + lag),
+                (None, None) => {}
+                other => panic!("{ctx}: first token presence differs {other:?} agent {r}"),
+            }
             let truth_ttft = t.first_token_ns.map(|ft| (ft - t.request_ns) as f64 / 1e9);
             match (r["ttft_s"].as_f64(), truth_ttft) {
                 (Some(a), Some(b)) => {
-                    assert!(
-                        (a - b).abs() <= TTFT_TOLERANCE_S,
-                        "{ctx}: ttft agent {a} truth {b}; agent {r} truth {t:?}"
-                    );
+                    // The Rust server's truth is tight enough to check the derived figure
+                    // directly; for the others the bounds above are the check.
+                    if kind == ServerKind::Rust {
+                        assert!(
+                            (a - b).abs() <= TTFT_TOLERANCE_S,
+                            "{ctx}: ttft agent {a} truth {b}; agent {r} truth {t:?}"
+                        );
+                    }
                     worst_ttft = worst_ttft.max((a - b).abs());
                 }
                 (None, None) => {}
                 other => panic!("{ctx}: ttft presence differs {other:?}"),
             }
-            let truth_e2e = (t.end_ns - t.request_ns) as f64 / 1e9;
-            let e2e = r["e2e_s"].as_f64().unwrap();
-            assert!(
-                (e2e - truth_e2e).abs() <= TTFT_TOLERANCE_S,
-                "{ctx}: e2e agent {e2e} truth {truth_e2e}; agent {r} truth {t:?}"
-            );
-            let truth_ttfb = (t.first_byte_ns - t.request_ns) as f64 / 1e9;
-            let ttfb = r["ttfb_s"].as_f64().unwrap();
-            // Node's res.flushHeaders() only queues the header write; the syscall (which the agent
-            // sees) can follow the JS call that stamped the truth by a millisecond or more when
-            // other streams keep the event loop busy. Rust and Python write synchronously.
-            let ttfb_tolerance = if kind == ServerKind::Node { 3e-3 } else { TTFT_TOLERANCE_S };
-            assert!(
-                (ttfb - truth_ttfb).abs() <= ttfb_tolerance,
-                "{ctx}: ttfb agent {ttfb} truth {truth_ttfb}; agent {r} truth {t:?}"
-            );
+            let agent_derived = |a: &str, b: &str| (ts(a) - ts(b)) as f64 / 1e9;
+            assert!((r["e2e_s"].as_f64().unwrap() - agent_derived("end_ns", "request_ns")).abs() < 1e-6, "{ctx}");
+            assert!((r["ttfb_s"].as_f64().unwrap() - agent_derived("first_byte_ns", "request_ns")).abs() < 1e-6, "{ctx}");
+            if kind == ServerKind::Rust {
+                let truth_e2e = (t.end_ns - t.request_ns) as f64 / 1e9;
+                let truth_ttfb = (t.first_byte_ns - t.request_ns) as f64 / 1e9;
+                for (what, a, b) in [("e2e", "e2e_s", truth_e2e), ("ttfb", "ttfb_s", truth_ttfb)] {
+                    let a = r[a].as_f64().unwrap();
+                    assert!((a - b).abs() <= TTFT_TOLERANCE_S, "{ctx}: {what} agent {a} truth {b}; agent {r} truth {t:?}");
+                }
+            }
             let content: Vec<u64> = t.writes.iter().filter(|w| w.content_events > 0).map(|w| w.ts_ns).collect();
             let truth_itl: Vec<f64> = content.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect();
             let itl: Vec<f64> = r["itl_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

@@ -28,6 +28,9 @@ pub struct RequestResult {
     pub body_bytes: usize,
     /// From just before sending the request to the end of the body.
     pub elapsed: Duration,
+    /// CLOCK_MONOTONIC ns (`crate::monotonic_ns`) taken right before the request's write:
+    /// the server cannot read the request earlier. 0 if it was never sent.
+    pub sent_ns: u64,
     pub error: Option<String>,
 }
 
@@ -111,7 +114,7 @@ fn worker(cfg: &Config) -> Vec<(usize, RequestResult)> {
         let id = format!("{}{n}", cfg.id_prefix);
         let start = Instant::now();
         let mut result =
-            RequestResult { id: id.clone(), status: 0, body_bytes: 0, elapsed: Duration::ZERO, error: None };
+            RequestResult { id: id.clone(), status: 0, body_bytes: 0, elapsed: Duration::ZERO, sent_ns: 0, error: None };
         match one_request(cfg, &mut conn, &id, &mut result) {
             Ok(reusable) => {
                 if !reusable {
@@ -165,6 +168,7 @@ fn one_request(
         if cfg.keepalive { "keep-alive" } else { "close" },
     );
     // One write for the whole request keeps the client side of a trace easy to read.
+    result.sent_ns = crate::monotonic_ns();
     reader.get_mut().write_all(request.as_bytes()).context("sending request")?;
 
     let status_line = read_line(reader)?.ok_or_else(|| anyhow!("connection closed before status line"))?;
