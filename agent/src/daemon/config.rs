@@ -26,6 +26,10 @@ pub struct Config {
     pub series_grace_seconds: f64,
     /// A uprobe no followed process uses any more is kept this long (restarts reuse it).
     pub uprobe_linger_seconds: f64,
+    /// Pod name, namespace and labels from the Kubernetes API (the pods of this node).
+    pub kubernetes: KubernetesMode,
+    /// Pods kept in the agent's map of this node's pods; more are counted, not kept.
+    pub kubernetes_max_pods: usize,
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
 }
@@ -42,9 +46,25 @@ impl Default for Config {
             nvml_library: None,
             series_grace_seconds: 120.0,
             uprobe_linger_seconds: 60.0,
+            kubernetes: KubernetesMode::Auto,
+            // kubelet's default is 110 pods a node; large nodes allow a few hundred.
+            kubernetes_max_pods: 1024,
             rules: Vec::new(),
         }
     }
+}
+
+/// When the agent asks the Kubernetes API about pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMode {
+    /// When `NODE_NAME` is set (the DaemonSet sets it from the downward API).
+    #[default]
+    Auto,
+    /// Always: the node name is `NODE_NAME`, else this machine's hostname; the API is found
+    /// through `KUBECONFIG` / `~/.kube/config`, else the pod's service account.
+    On,
+    Off,
 }
 
 /// Which processes to follow. Every non-empty field must match; within a list, any entry may.
@@ -135,8 +155,11 @@ impl Config {
                     .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
             }
         }
-        if !(cfg.reconcile_seconds > 0.0) || cfg.max_series == 0 || cfg.max_targets == 0 {
-            return Err(invalid("reconcile_seconds, max_series and max_targets must be positive".into()));
+        if !(cfg.reconcile_seconds > 0.0) || cfg.max_series == 0 || cfg.max_targets == 0 || cfg.kubernetes_max_pods == 0
+        {
+            return Err(invalid(
+                "reconcile_seconds, max_series, max_targets and kubernetes_max_pods must be positive".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -181,6 +204,9 @@ pod_labels = { app = "tgi" }
         let mut p = facts("text-gen", "", &[]);
         p.pod_labels = Some([("app".to_string(), "tgi".to_string())].into());
         assert_eq!(c.rule_for(&p).unwrap().name, "labelled");
+        assert_eq!((c.kubernetes, c.kubernetes_max_pods), (KubernetesMode::Auto, 1024));
+        let c = Config::parse(Path::new("t.toml"), &format!("kubernetes = \"off\"\nkubernetes_max_pods = 8\n{TEXT}"));
+        assert_eq!(c.map(|c| (c.kubernetes, c.kubernetes_max_pods)).unwrap(), (KubernetesMode::Off, 8));
     }
 
     #[test]
@@ -195,5 +221,9 @@ pod_labels = { app = "tgi" }
         assert!(e.contains("rule `x`") && e.contains("nope"), "{e}");
         let e = Config::parse(Path::new("c.toml"), "bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+        let e = Config::parse(Path::new("c.toml"), "kubernetes = \"maybe\"\n[[rule]]\nname = \"x\"\ncomm=[\"a\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auto") && e.contains("off"), "the modes are named: {e}");
     }
 }

@@ -138,6 +138,12 @@ pub struct Metrics {
     pub attaches: IntCounter,
     pub detaches: IntCounter,
     pub discovery: IntCounterVec,
+    // Kubernetes pod metadata (the watcher's health).
+    pub kube_enabled: IntGauge,
+    pub kube_up: IntGauge,
+    pub kube_pods: IntGauge,
+    pub kube_errors: IntCounter,
+    pub kube_pods_dropped: IntCounter,
     // Bounds.
     max_series: usize,
     /// Per label set of a target: the (family, full label values) series it owns.
@@ -271,6 +277,14 @@ impl Metrics {
             attaches: ic("inferscope_target_attaches_total", "Processes attached"),
             detaches: ic("inferscope_target_detaches_total", "Processes detached (exited or exec'ed)"),
             discovery: c("inferscope_discovery_events_total", "Discovery inputs by kind", &["kind"]),
+            kube_enabled: ig("inferscope_kube_metadata_enabled", "1 when pod metadata comes from the Kubernetes API"),
+            kube_up: ig("inferscope_kube_watch_up", "1 while the watch of this node's pods is listed and answering"),
+            kube_pods: ig("inferscope_kube_pods", "Pods of this node known from the Kubernetes API"),
+            kube_errors: ic("inferscope_kube_errors_total", "Kubernetes API errors of the pod watch (it retries)"),
+            kube_pods_dropped: ic(
+                "inferscope_kube_pods_dropped_total",
+                "Pods not kept because kubernetes_max_pods was reached",
+            ),
             registry,
             max_series,
             owned: HashMap::new(),

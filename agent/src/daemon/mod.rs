@@ -6,10 +6,14 @@
 //! own ring buffer — and a periodic /proc reconcile catches what the ring could not deliver.
 //! Identity is (PID, start time), so a reused PID is a new process. Everything a target owns in
 //! the kernel (TARGETS, CONNS and profile entries, uprobes) is freed when it exits or execs.
+//! Labels come from the rule, the process's cgroup (container ID, pod UID) and, in a cluster, the
+//! pod that UID names (`kube`): processes are labelled again, and rules with `pod_labels` tried
+//! again, when the pod map changes.
 
 pub mod cgroup;
 pub mod config;
 pub mod discover;
+pub mod kube;
 pub mod metrics;
 pub mod server;
 
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use agent_common::{proc_event, ProcEvent, StageEvent};
 use aya::maps::{MapData, RingBuf};
 
+use self::kube::{PodIndex, PodRecord};
 use crate::bpf::{KernelCounters, SocketProbes, StageLink};
 use crate::stages::{StageDef, StageResolver};
 use crate::tracker::{Finished, Tracker};
@@ -34,9 +39,18 @@ use server::{FlamegraphRequest, Shared};
 const MAX_CANDIDATES: usize = 1024;
 /// How long such a process may take to open its port.
 const CANDIDATE_PATIENCE: Duration = Duration::from_secs(600);
+/// How long a process in a pod the API has not told about yet is tried again as soon as the pod
+/// arrives (after that, only the reconcile pass tries it).
+const POD_PATIENCE: Duration = Duration::from_secs(120);
+/// How long the start waits for the first pod list, so existing processes get their pod labels
+/// at once instead of being labelled twice.
+const FIRST_POD_LIST_WAIT: Duration = Duration::from_secs(3);
 
 struct Target {
     id: ProcessId,
+    /// Index of the rule that matched.
+    rule: usize,
+    cgroup: cgroup::CgroupInfo,
     labels: TargetLabels,
     resolver: Option<StageResolver>,
     /// Stage index in the resolver's defs → global stage id (the uprobe cookie).
@@ -78,6 +92,36 @@ pub struct Daemon {
     symbolizer: crate::symbols::Symbolizer,
     gpu: Option<crate::gpu::GpuTelemetry>,
     last_gpu_errors: BTreeMap<&'static str, u64>,
+    /// This node's pods from the Kubernetes API (empty outside a cluster).
+    pods: Arc<PodIndex>,
+    /// The pod map's generation the targets were last labelled with.
+    pods_seen: u64,
+    /// PID → (identity, pod UID, since) of processes in a pod the API has not told about yet,
+    /// which a `pod_labels` rule might match once it does.
+    awaiting_pod: HashMap<u32, (ProcessId, String, Instant)>,
+    last_kube_errors: u64,
+    last_kube_dropped: u64,
+}
+
+/// A target's labels: `service` from the rule, else the pod's app name, else the rule's name;
+/// namespace, pod and container name from the pod record; outside a cluster (or before the API
+/// told about the pod) only `container`, as the short container ID from the cgroup.
+fn target_labels(rule: &Rule, cg: &cgroup::CgroupInfo, pod: Option<&PodRecord>) -> TargetLabels {
+    let short_id = cg.container_id.as_deref().map(|c| c[..c.len().min(12)].to_string()).unwrap_or_default();
+    let service = if !rule.service.is_empty() {
+        rule.service.clone()
+    } else {
+        pod.and_then(PodRecord::app_name).unwrap_or(&rule.name).to_string()
+    };
+    match pod {
+        Some(p) => TargetLabels {
+            service,
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            container: cg.container_id.as_deref().and_then(|c| p.containers.get(c)).cloned().unwrap_or(short_id),
+        },
+        None => TargetLabels { service, namespace: String::new(), pod: String::new(), container: short_id },
+    }
 }
 
 impl Daemon {
@@ -100,7 +144,17 @@ impl Daemon {
             symbolizer: crate::symbols::Symbolizer::new(),
             gpu: None,
             last_gpu_errors: BTreeMap::new(),
+            pods: Arc::new(PodIndex::new(1)),
+            pods_seen: 0,
+            awaiting_pod: HashMap::new(),
+            last_kube_errors: 0,
+            last_kube_dropped: 0,
         }
+    }
+
+    /// The API's record of the pod a process's cgroup names.
+    fn pod_of(&self, cg: &cgroup::CgroupInfo) -> Option<Arc<PodRecord>> {
+        cg.pod_uid.as_deref().and_then(|uid| self.pods.get(uid))
     }
 
     fn stage_id(&mut self, name: &str) -> u32 {
@@ -132,9 +186,20 @@ impl Daemon {
             return;
         };
         let cg = cgroup::of_process(pid);
-        facts.pod_labels = None; // filled from the Kubernetes API where available (see labels()).
+        let pod = self.pod_of(&cg);
+        facts.pod_labels = pod.as_ref().map(|p| p.labels.clone());
         let Some(ri) = self.cfg.rules.iter().position(|r| r.matches_identity(&facts)) else {
             drop_provisional(self);
+            // In a pod the API has not told about yet (a container often starts before the
+            // watch event arrives): try again when it does.
+            if let (None, Some(uid)) = (&pod, &cg.pod_uid) {
+                let waits = self.pods.enabled()
+                    && self.awaiting_pod.len() < MAX_CANDIDATES
+                    && self.cfg.rules.iter().any(|r| !r.pod_labels.is_empty());
+                if waits {
+                    self.awaiting_pod.entry(pid).or_insert((id, uid.clone(), Instant::now()));
+                }
+            }
             return;
         };
         if !self.cfg.rules[ri].ports.is_empty() {
@@ -148,16 +213,54 @@ impl Daemon {
             }
         }
         self.candidates.remove(&pid);
+        self.awaiting_pod.remove(&pid);
         self.attach(id, ri, &facts, &cg, why);
     }
 
-    fn labels(&self, rule: &Rule, cg: &cgroup::CgroupInfo) -> TargetLabels {
-        TargetLabels {
-            service: if rule.service.is_empty() { rule.name.clone() } else { rule.service.clone() },
-            namespace: String::new(),
-            pod: String::new(),
-            container: cg.container_id.as_deref().map(|c| c[..12].to_string()).unwrap_or_default(),
+    /// When the pod map changed: followed processes take their pod's labels (the pod may have
+    /// arrived after them, or changed), and processes that waited for their pod are tried again.
+    fn sync_pods(&mut self) {
+        let generation = self.pods.generation();
+        if generation == self.pods_seen {
+            return;
         }
+        self.pods_seen = generation;
+        let relabel: Vec<(u32, TargetLabels)> = self
+            .targets
+            .iter()
+            .filter_map(|(pid, t)| {
+                // A pod gone from the API (deleted, or the map was full) leaves the labels as they were.
+                let pod = self.pod_of(&t.cgroup)?;
+                let labels = target_labels(&self.cfg.rules[t.rule], &t.cgroup, Some(&pod));
+                (labels != t.labels).then_some((*pid, labels))
+            })
+            .collect();
+        for (pid, labels) in relabel {
+            self.relabel(pid, labels);
+        }
+        let known: Vec<u32> =
+            self.awaiting_pod.iter().filter(|(_, (_, uid, _))| self.pods.get(uid).is_some()).map(|(p, _)| *p).collect();
+        for pid in known {
+            self.awaiting_pod.remove(&pid);
+            self.consider(pid, "pod known");
+        }
+    }
+
+    fn relabel(&mut self, pid: u32, labels: TargetLabels) {
+        let Some(t) = self.targets.get_mut(&pid) else { return };
+        let old = std::mem::replace(&mut t.labels, labels.clone());
+        // The old label set's series stay until the grace period ends, like those of a process gone.
+        if !self.targets.values().any(|o| o.labels == old) {
+            self.metrics.target_gone(&old, Instant::now());
+        }
+        self.metrics.target_alive(&labels);
+        log::info!(
+            "pid {pid}: labelled from its pod: service={} namespace={} pod={} container={}",
+            labels.service,
+            labels.namespace,
+            labels.pod,
+            labels.container
+        );
     }
 
     fn attach(&mut self, id: ProcessId, ri: usize, facts: &config::ProcessFacts, cg: &cgroup::CgroupInfo, why: &str) {
@@ -179,9 +282,17 @@ impl Daemon {
                 self.tracker.add_existing(pid, fd);
             }
         }
-        let labels = self.labels(&rule, cg);
+        let labels = target_labels(&rule, cg, self.pod_of(cg).as_deref());
         self.metrics.target_alive(&labels);
-        let mut target = Target { id, labels, resolver: None, stage_ids: Vec::new(), probes: Vec::new() };
+        let mut target = Target {
+            id,
+            rule: ri,
+            cgroup: cg.clone(),
+            labels,
+            resolver: None,
+            stage_ids: Vec::new(),
+            probes: Vec::new(),
+        };
         if !rule.profile.is_empty() {
             match crate::stages::profile::load_profile(&rule.profile) {
                 Ok(defs) => {
@@ -196,12 +307,14 @@ impl Daemon {
             }
         }
         log::info!(
-            "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s), {} probed function(s), service={} container={}",
+            "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s), {} probed function(s), service={} namespace={} pod={} container={}",
             facts.comm,
             rule.name,
             existing.len(),
             target.probes.len(),
             target.labels.service,
+            target.labels.namespace,
+            target.labels.pod,
             target.labels.container
         );
         self.metrics.attaches.inc();
@@ -296,6 +409,7 @@ impl Daemon {
                     self.detach(ev.tgid, "exec");
                 }
                 self.candidates.remove(&ev.tgid);
+                self.awaiting_pod.remove(&ev.tgid);
                 self.consider(ev.tgid, "exec");
             }
             proc_event::EXIT => {
@@ -337,6 +451,7 @@ impl Daemon {
                 self.attach(id, ri, &facts, &cgroup::of_process(pid), "port opened");
             }
         }
+        self.awaiting_pod.retain(|_, (id, _, since)| now.duration_since(*since) < POD_PATIENCE && id.alive());
         let pids: Vec<u32> = self.targets.keys().copied().collect();
         for pid in pids {
             let Some(mut t) = self.targets.remove(&pid) else { continue };
@@ -444,6 +559,13 @@ impl Daemon {
             self.metrics.map_fill.with_label_values(&[name]).set(n as f64 / f64::from(cap));
         }
         self.metrics.targets.set(self.targets.len() as i64);
+        let kube = self.pods.health();
+        self.metrics.kube_enabled.set(i64::from(kube.enabled));
+        self.metrics.kube_up.set(i64::from(kube.up));
+        self.metrics.kube_pods.set(kube.pods as i64);
+        self.metrics.kube_errors.inc_by(kube.errors.saturating_sub(self.last_kube_errors));
+        self.metrics.kube_pods_dropped.inc_by(kube.dropped.saturating_sub(self.last_kube_dropped));
+        (self.last_kube_errors, self.last_kube_dropped) = (kube.errors, kube.dropped);
         self.metrics.probes_attached.set(self.probes.uprobes_attached as i64);
         let mut in_flight: HashMap<TargetLabels, usize> = HashMap::new();
         for (pid, t) in &self.targets {
@@ -520,6 +642,7 @@ impl Daemon {
         // Execs first (a new target's records are already on the data rings), then the data,
         // then exits (all records of a process that exited before the proc ring was read are on
         // the data rings by the time they are drained).
+        self.sync_pods();
         let mut procs = Vec::new();
         while let Some(item) = proc_ring.next() {
             if item.len() >= std::mem::size_of::<ProcEvent>() {
@@ -585,6 +708,13 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     if daemon.cfg.rules.iter().any(|r| !r.profile.is_empty()) {
         daemon.probes.load_stage_programs()?;
     }
+    // Pod metadata on its own thread; the loop only reads its map.
+    daemon.pods = self::kube::start(&daemon.cfg);
+    let t0 = Instant::now();
+    while daemon.pods.starting() && t0.elapsed() < FIRST_POD_LIST_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.pods_seen = daemon.pods.generation();
     // Exec records flow from here on; the scan covers what started before.
     daemon.reconcile();
     if daemon.cfg.gpu_sample_hz > 0.0 {
@@ -639,4 +769,43 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     daemon.expire_uprobes(Instant::now(), Duration::ZERO);
     log::info!("inferscope agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f9c2a1b7e5d4c6f8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f";
+
+    #[test]
+    fn labels_from_rule_cgroup_and_pod() {
+        let rule = Rule { name: "llama.cpp".into(), ..Default::default() };
+        let cg = cgroup::CgroupInfo { container_id: Some(ID.into()), pod_uid: Some("u".into()), runtime: None };
+        // Outside a cluster, or before the API told about the pod: the short container ID only.
+        let l = target_labels(&rule, &cg, None);
+        assert_eq!(
+            (l.service.as_str(), l.namespace.as_str(), l.pod.as_str(), l.container.as_str()),
+            ("llama.cpp", "", "", &ID[..12])
+        );
+        assert_eq!(target_labels(&rule, &cgroup::CgroupInfo::default(), None).container, "", "a host process");
+        let mut pod = PodRecord {
+            namespace: "serving".into(),
+            name: "llm-0".into(),
+            labels: [("app".to_string(), "chat".to_string())].into(),
+            containers: [(ID.to_string(), "server".to_string())].into(),
+        };
+        let l = target_labels(&rule, &cg, Some(&pod));
+        assert_eq!(
+            (l.service.as_str(), l.namespace.as_str(), l.pod.as_str(), l.container.as_str()),
+            ("chat", "serving", "llm-0", "server")
+        );
+        pod.labels.insert("app.kubernetes.io/name".into(), "llama".into());
+        assert_eq!(target_labels(&rule, &cg, Some(&pod)).service, "llama", "app.kubernetes.io/name first");
+        let named = Rule { service: "svc".into(), ..rule.clone() };
+        assert_eq!(target_labels(&named, &cg, Some(&pod)).service, "svc", "the rule's service wins");
+        // The pod is known, its container's status not yet: the short ID until it is.
+        pod.containers.clear();
+        assert_eq!(target_labels(&rule, &cg, Some(&pod)).container, &ID[..12]);
+    }
 }
