@@ -32,6 +32,8 @@ pub struct AttachOptions {
     pub sample_hz: Option<u64>,
     /// Record where and how long threads block (sched_switch).
     pub offcpu: bool,
+    /// Sample NVML and join it to requests and stages; None = no GPU telemetry.
+    pub gpu: Option<crate::gpu::GpuOptions>,
 }
 
 impl Default for AttachOptions {
@@ -46,6 +48,7 @@ impl Default for AttachOptions {
             stages: Vec::new(),
             sample_hz: None,
             offcpu: false,
+            gpu: None,
         }
     }
 }
@@ -89,6 +92,9 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         probes.start_offcpu()?;
     }
     let mut last_phase = agent_common::phase::IDLE;
+    // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
+    let mut gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
+    let run_start_ns = crate::event::monotonic_ns();
     let mut symbolizer = crate::symbols::Symbolizer::new();
     let mut user_frames = crate::profile::UserFrames::new();
     log::info!(
@@ -207,6 +213,10 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     };
     let offcpu_profile = if opts.offcpu { Some(crate::profile::ns_to_us(probes.read_offcpu()?)) } else { None };
     let duration_s = started.elapsed().as_secs_f64();
+    let run_end_ns = crate::event::monotonic_ns();
+    if let Some(g) = &mut gpu {
+        g.stop_sampling();
+    }
     let _ = probes.remove_target(opts.pid);
     drop(probes); // detaches every program
 
@@ -224,6 +234,12 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
             pending: r.pending().iter().map(|d| d.name.clone()).collect(),
         }
     });
+    let gpu = gpu.map(|g| {
+        let (calls, names) = stage_report
+            .as_ref()
+            .map_or((&[][..], &[][..]), |st| (st.calls.as_slice(), st.attribution.call_names.as_slice()));
+        crate::gpu::join::join(&g, opts.pid, (run_start_ns, run_end_ns), &kept, calls, names)
+    });
     let kallsyms = crate::profile::Kallsyms::load();
     let cpu =
         cpu_profile.map(|raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm));
@@ -234,6 +250,7 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     Ok(Report {
         cpu,
         offcpu,
+        gpu,
         stages: stage_report,
         target,
         requests: kept,

@@ -73,6 +73,13 @@ enum Command {
         /// switches), written beside the CPU files as FILE.offcpu.svg / FILE.offcpu (microseconds).
         #[arg(long)]
         off_cpu: bool,
+        /// NVML samples per second for GPU telemetry joined to requests and stages; 0 = off.
+        /// Without an NVIDIA driver or GPU the report says GPU telemetry is off, and why.
+        #[arg(long, default_value_t = 10.0)]
+        gpu_hz: f64,
+        /// NVML library to load (default: libnvidia-ml.so.1 from the dynamic loader's path).
+        #[arg(long, value_name = "PATH")]
+        nvml_library: Option<PathBuf>,
     },
 }
 
@@ -112,6 +119,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             folded,
             frequency,
             off_cpu,
+            gpu_hz,
+            nvml_library,
         } => {
             anyhow::ensure!(
                 !off_cpu || flamegraph.is_some() || folded.is_some(),
@@ -130,6 +139,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stages: inferscope::stages::collect(&profiles, &stages)?,
                 sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),
                 offcpu: off_cpu,
+                gpu: (gpu_hz > 0.0).then(|| inferscope::gpu::GpuOptions {
+                    library: nvml_library,
+                    hz: gpu_hz,
+                    ..inferscope::gpu::GpuOptions::default()
+                }),
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -42,6 +42,10 @@ pub struct RequestJson {
     /// Stage calls attributed to this request (only when stages are probed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<BTreeMap<String, RequestStage>>,
+    /// GPU utilization over this request's prefill and decode windows (only when GPU
+    /// telemetry ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::gpu::join::RequestGpu>,
 }
 
 /// Stage results of a run with `--stage`/`--profile`.
@@ -73,6 +77,7 @@ impl From<&RequestRecord> for RequestJson {
             chunks: r.chunks,
             tokens: r.tokens,
             stages: None,
+            gpu: None,
         }
     }
 }
@@ -144,6 +149,9 @@ pub struct Report {
     pub cpu: Option<crate::profile::Folded>,
     /// Folded off-CPU microseconds per phase, when `--off-cpu` ran.
     pub offcpu: Option<crate::profile::Folded>,
+    /// GPU telemetry joined to the requests and stages (present, possibly off with its reason,
+    /// unless GPU telemetry was not asked for).
+    pub gpu: Option<crate::gpu::join::GpuReport>,
 }
 
 impl Report {
@@ -155,6 +163,9 @@ impl Report {
                 let mut j = RequestJson::from(r);
                 if let Some(st) = &self.stages {
                     j.stages = Some(st.attribution.per_request.get(i).cloned().unwrap_or_default());
+                }
+                if let Some(g) = self.gpu.as_ref().filter(|g| g.status.enabled) {
+                    j.gpu = g.requests.get(i).copied();
                 }
                 j
             })
@@ -221,6 +232,9 @@ impl Report {
                 "samples_map_full": self.kernel.samples_map_full,
                 "top_functions": crate::profile::top_functions(cpu, 20).into_iter().map(|(f, s, t)| serde_json::json!({"function": f, "self": s, "total": t})).collect::<Vec<_>>(),
             });
+        }
+        if let Some(g) = &self.gpu {
+            doc["gpu"] = g.to_json();
         }
         if let Some(off) = &self.offcpu {
             doc["off_cpu"] = serde_json::json!({
@@ -386,6 +400,9 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         self.render_stages(&mut o, width);
         self.render_cpu(&mut o);
         self.render_offcpu(&mut o);
+        if let Some(g) = &self.gpu {
+            o.push_str(&g.render());
+        }
         o.push_str(&self.waterfall(width, max_rows));
         o
     }
@@ -438,9 +455,14 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 label = "…".to_string() + &label.chars().skip(n - (label_w - 3)).collect::<String>();
             }
             let j = RequestJson::from(r);
+            let gpu = self
+                .gpu
+                .as_ref()
+                .filter(|g| g.status.enabled)
+                .map_or(String::new(), |g| format!(" {}", g.cell(first_shown + offset)));
             let _ = writeln!(
                 o,
-                "{label:<label_w$}{bar} ttft {:>9} e2e {:>9} {:>4} ch",
+                "{label:<label_w$}{bar} ttft {:>9} e2e {:>9} {:>4} ch{gpu}",
                 j.ttft_s.map_or("-".into(), ms),
                 ms(j.e2e_s),
                 r.chunks
@@ -572,6 +594,7 @@ mod tests {
             stages: None,
             cpu: None,
             offcpu: None,
+            gpu: None,
         };
         let text = report.render(100, 10);
         assert!(text.contains("time to first token"));

@@ -14,6 +14,7 @@
 //!
 //! Tests run against a stand-in `libnvidia-ml.so.1` (`tests/gpu/`), not a GPU.
 
+pub mod join;
 mod sampler;
 mod timeline;
 
@@ -332,6 +333,18 @@ impl GpuTelemetry {
                 resolution_ns: NVML_MIN_RESOLUTION_NS,
                 ..Default::default()
             },
+        }
+    }
+
+    /// [`GpuTelemetry::window`] for many windows under one lock.
+    pub fn windows(&self, sel: &GpuSelector, spans: &[(u64, u64)]) -> Vec<WindowStats> {
+        match self.running() {
+            Some(r) => {
+                let res = self.resolution_ns();
+                let st = r.lock();
+                spans.iter().map(|&(a, b)| st.timeline.window(sel, a, b, r.period_ns, res)).collect()
+            }
+            None => spans.iter().map(|&(a, b)| self.window(sel, a, b)).collect(),
         }
     }
 
