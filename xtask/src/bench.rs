@@ -43,7 +43,7 @@ fn clk_tck() -> f64 {
 }
 
 /// utime + stime of a process, ns.
-fn cpu_ns(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_ns(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -51,7 +51,7 @@ fn cpu_ns(pid: u32) -> Result<f64> {
     Ok(ticks / clk_tck() * 1e9)
 }
 
-fn rss_hwm_kib(pid: u32) -> u64 {
+pub(crate) fn rss_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -316,7 +316,7 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
 }
 
 /// Bench steps `cargo xtask bench --only STEP[,STEP…]` can pick; all of them by default.
-pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "criterion"];
+pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "criterion"];
 
 /// Runs the selected steps (all when `only` is empty), in the order of [`STEPS`].
 pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> Result<()> {
@@ -332,6 +332,9 @@ pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> R
     }
     if want("cpu") {
         cpu_sampling_overhead(rounds)?;
+    }
+    if want("daemon") {
+        crate::daemon_bench::run(rounds)?;
     }
     if want("criterion") {
         step("bench: criterion (decode throughput, symbolization throughput, flamegraph rendering)");

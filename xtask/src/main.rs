@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod daemon_bench;
 mod llama;
 
 #[derive(Parser)]
