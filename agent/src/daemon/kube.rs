@@ -245,7 +245,15 @@ pub fn start(cfg: &Config) -> Arc<PodIndex> {
                 return;
             }
         };
-        rt.block_on(watch(watched.clone(), node));
+        // kube-rs reports through `tracing`, which falls back to the `log` logger: one ERROR line
+        // per retry. The agent logs the watcher's errors itself, once a minute at most; kube's
+        // own lines stay available with RUST_LOG=kube_client=debug (or debug).
+        if log::log_enabled!(target: "kube_client", log::Level::Debug) {
+            rt.block_on(watch(watched.clone(), node));
+        } else {
+            let quiet = tracing::subscriber::NoSubscriber::default();
+            tracing::subscriber::with_default(quiet, || rt.block_on(watch(watched.clone(), node)));
+        }
         watched.settle();
     });
     if let Err(e) = spawned {
@@ -290,8 +298,11 @@ async fn watch(index: Arc<PodIndex>, node: String) {
                 continue;
             }
         };
-        index.event();
-        errors.recovered(&index);
+        // `Init` comes before the list request is even sent: only the others show the API answered.
+        if !matches!(ev, Event::Init) {
+            index.event();
+            errors.recovered(&index);
+        }
         match ev {
             Event::Init => listing = Some(HashMap::new()),
             Event::InitApply(pod) => {
@@ -341,12 +352,23 @@ impl ErrorLog {
             self.unlogged += 1;
             return;
         }
+        // kube's errors name the step ("failed to start watching object"); the cause (refused,
+        // reset, 403) is further down the chain.
+        let mut e: &dyn std::error::Error = e;
+        let mut text = e.to_string();
+        while let Some(source) = e.source() {
+            let s = source.to_string();
+            if !text.contains(&s) {
+                text = format!("{text}: {s}");
+            }
+            e = source;
+        }
         let more = match self.unlogged {
             0 => String::new(),
             n => format!(" ({n} more error(s) in the last minute)"),
         };
         log::warn!(
-            "Kubernetes API: {e}{more}; retrying with backoff. Pod labels keep their last known values; \
+            "Kubernetes API: {text}{more}; retrying with backoff. Pod labels keep their last known values; \
              check that the API server is reachable and that the agent's service account may get/list/watch \
              pods (deploy/manifests/02-rbac.yaml)"
         );
