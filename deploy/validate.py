@@ -60,9 +60,12 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "gpu_sample_hz": (int, float),
     "nvml_library": str,
     "series_grace_seconds": (int, float),
+    "kubernetes": str,
+    "kubernetes_max_pods": int,
     "rule": list,
 }
-OPTIONAL_KEYS = {"nvml_library", "series_grace_seconds"}
+OPTIONAL_KEYS = {"nvml_library", "series_grace_seconds", "kubernetes", "kubernetes_max_pods"}
+KUBERNETES_MODES = {"auto", "on", "off"}
 RULE_KEYS = {
     "name": str,
     "comm": list,
@@ -161,6 +164,8 @@ def check_config() -> bytes:
     for k in TOP_KEYS:
         if k not in cfg and k not in OPTIONAL_KEYS:
             problems.append(f"missing {k!r}")
+    if cfg.get("kubernetes", "auto") not in KUBERNETES_MODES:
+        problems.append(f"kubernetes must be one of {sorted(KUBERNETES_MODES)}")
     rules = cfg.get("rule", [])
     names = set()
     for i, r in enumerate(rules):
