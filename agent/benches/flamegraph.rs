@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use agent_common::SampleKey;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inferscope::profile::{fold, write, Folded, Kallsyms, RawProfile, UserFrames};
+use inferscope::profile::{fold, top_functions, write, Folded, Kallsyms, RawProfile, UserFrames};
 use inferscope::symbols::Symbolizer;
 
 const STACKS: usize = 100_000;
@@ -182,6 +182,58 @@ fn raw(s: &Synth) -> (RawProfile, UserFrames, Kallsyms) {
     (raw, cache, Kallsyms::parse(&kallsyms_text))
 }
 
+/// `profile::fold` and `profile::write` as they were before issue 4's render fixes (every frame
+/// escaped and every line built per sample, counted in two `BTreeMap<String, u64>`s; folded files
+/// joined in memory; all SVGs on one thread), to check the faster path writes the same bytes.
+mod reference {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use agent_common::phase;
+    use inferscope::profile::{phase_path, Kallsyms, RawProfile, UserFrames};
+
+    pub fn fold(raw: &RawProfile, cache: &UserFrames, kallsyms: &Kallsyms, comm: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut by_phase: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (key, n) in &raw.samples {
+            let mut frames: Vec<String> = vec![comm.to_string()];
+            match cache.get(&key.user_stack) {
+                Some(names) if key.user_stack >= 0 => frames.extend(names.iter().cloned()),
+                _ => frames.push("[no user stack]".to_string()),
+            }
+            if let Some(ips) = raw.stacks.get(&key.kernel_stack).filter(|_| key.kernel_stack >= 0) {
+                frames.extend(ips.iter().rev().map(|&ip| format!("{}_[k]", kallsyms.lookup(ip).unwrap_or("[unknown]"))));
+            }
+            let line = frames.iter().map(|f| f.replace(';', ":")).collect::<Vec<_>>().join(";");
+            let phase_name = phase::NAMES.get(key.phase as usize).copied().unwrap_or("other");
+            *by_phase.entry("all".into()).or_default().entry(line.clone()).or_default() += n;
+            *by_phase.entry(phase_name.into()).or_default().entry(line).or_default() += n;
+        }
+        by_phase
+    }
+
+    /// Asserts that the files `write` left at `svg`/`folded` are what the old code wrote; the
+    /// old SVGs are drawn on a fresh thread each (inferno's colour generator is per thread).
+    pub fn check_files(by_phase: &BTreeMap<String, BTreeMap<String, u64>>, svg: &Path, folded: &Path, title: &str) {
+        for (phase_name, stacks) in by_phase {
+            let lines: Vec<String> = stacks.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let text = std::fs::read(phase_path(folded, phase_name)).unwrap();
+            assert!(text == (lines.join("\n") + "\n").as_bytes(), "{phase_name}: folded file differs");
+            let count: u64 = stacks.values().sum();
+            let title = format!("{title} — {phase_name}, {count} samples");
+            let old = std::thread::spawn(move || {
+                let mut opts = inferno::flamegraph::Options::default();
+                opts.title = title;
+                let mut out = Vec::new();
+                inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut out).unwrap();
+                out
+            })
+            .join()
+            .unwrap();
+            assert!(std::fs::read(phase_path(svg, phase_name)).unwrap() == old, "{phase_name}: SVG differs");
+        }
+    }
+}
+
 fn out_dir() -> PathBuf {
     let d = std::env::temp_dir().join("inferscope-bench-flamegraph");
     std::fs::create_dir_all(&d).unwrap();
@@ -222,6 +274,17 @@ fn bench(c: &mut Criterion) {
         for p in write(&folded, Some(&svg), Some(&folded_file), &title).unwrap() {
             eprintln!("  {} {:.1} MiB", p.display(), std::fs::metadata(&p).unwrap().len() as f64 / (1 << 20) as f64);
         }
+        let old = reference::fold(&raw, &cache, &kallsyms, COMM);
+        assert!(
+            old.len() == folded.by_phase.len()
+                && old.iter().zip(&folded.by_phase).all(|((p, m), (q, f))| {
+                    p == q && m.len() == f.len() && m.iter().zip(f).all(|((l, n), (k, c))| **l == **k && n == c)
+                }),
+            "fold differs from the reference"
+        );
+        reference::check_files(&old, &svg, &folded_file, &title);
+        eprintln!("  fold and files identical to the pre-change code's");
+        drop(old);
 
         g.throughput(Throughput::Elements(n as u64));
         // Outputs are dropped outside the timing: the agent exits right after writing.
@@ -231,6 +294,10 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("write: one SVG of {n} stacks (inferno)"), |b| {
             b.iter(|| write(&only_all, Some(&svg), None, &title).unwrap())
         });
+        g.bench_function(format!("write: SVG and folded file for all + 3 phases, {n} stacks"), |b| {
+            b.iter(|| write(&folded, Some(&svg), Some(&folded_file), &title).unwrap())
+        });
+        g.bench_function(format!("top_functions (report) of {n} stacks"), |b| b.iter(|| top_functions(&folded, 20)));
         g.bench_function(format!("end to end: kallsyms + fold + SVG and folded for all + 3 phases, {n} stacks"), |b| {
             b.iter_with_large_drop(|| {
                 let k = Kallsyms::load();
