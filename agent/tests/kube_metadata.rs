@@ -235,47 +235,67 @@ fn pods_from_the_api_label_targets_and_match_rules() {
 fn without_a_cluster_it_says_why_once_and_measures() {
     let _serial = require_root();
     let dir = scratch_dir("kube-none");
-    // (case, config lines, environment, what the log says once)
-    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, PathBuf)>, &'a str);
-    let cases: [Case; 3] = [
-        ("auto, no NODE_NAME", "", vec![], "NODE_NAME is not set"),
-        (
-            "on, no configuration",
-            "kubernetes = \"on\"\n",
-            vec![("KUBECONFIG", dir.join("missing"))],
-            "no cluster configuration",
-        ),
-        (
-            "NODE_NAME, API unreachable",
-            "",
-            vec![("NODE_NAME", NODE.into()), ("KUBECONFIG", dir.join("kubeconfig"))],
-            "Kubernetes API:",
-        ),
+    // A kubeconfig whose server is a port nothing listens on, and one for a running API with a
+    // token it forbids (a service account without the ClusterRole).
+    let mut gone = KubeApiStandin::start();
+    gone.write_kubeconfig(&dir.join("gone-kubeconfig"));
+    gone.stop();
+    let api = KubeApiStandin::start();
+    api.write_kubeconfig_as(&dir.join("forbidden-kubeconfig"), "not-allowed");
+    struct Case<'a> {
+        what: &'a str,
+        config: &'a str,
+        env: Vec<(&'a str, PathBuf)>,
+        /// What the log says, once.
+        says: &'a str,
+        /// A cluster configuration was found: the watch runs and its errors are counted.
+        watching: bool,
+    }
+    let node_and = |kubeconfig: &str| vec![("NODE_NAME", PathBuf::from(NODE)), ("KUBECONFIG", dir.join(kubeconfig))];
+    let cases = [
+        Case { what: "auto, no NODE_NAME", config: "", env: vec![], says: "NODE_NAME is not set", watching: false },
+        Case {
+            what: "on, no configuration",
+            config: "kubernetes = \"on\"\n",
+            env: vec![("KUBECONFIG", dir.join("missing"))],
+            says: "no cluster configuration",
+            watching: false,
+        },
+        Case {
+            what: "API unreachable",
+            config: "",
+            env: node_and("gone-kubeconfig"),
+            says: "Connection refused",
+            watching: true,
+        },
+        Case {
+            what: "no permission to list pods",
+            config: "",
+            env: node_and("forbidden-kubeconfig"),
+            says: "pods is forbidden",
+            watching: true,
+        },
     ];
-    // A kubeconfig whose server is a port nothing listens on.
-    let mut api = KubeApiStandin::start();
-    api.write_kubeconfig(&dir.join("kubeconfig"));
-    api.stop();
-    for (case, extra, env, said) in cases {
-        let mut d = Daemon::start_with(&dir, &format!("{extra}{}", config()), &[], |cmd| {
+    for c in cases {
+        let mut d = Daemon::start_with(&dir, &format!("{}{}", c.config, config()), &[], |cmd| {
             cmd.env_remove("NODE_NAME").env_remove("KUBECONFIG").env_remove("KUBERNETES_SERVICE_HOST");
-            cmd.envs(env.iter().map(|(k, v)| (*k, v.as_os_str())));
+            cmd.envs(c.env.iter().map(|(k, v)| (*k, v.as_os_str())));
         });
         d.wait_ready();
         let (py, port) = python_server(&dir, 1);
         d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) == 1.0);
         load(port, 3, STREAM, "req-n-");
-        let m = d.wait_for_within(case, Duration::from_secs(15), |m| {
-            requests(m, &[("service", "py-sse"), ("pod", "")]) == 3.0
-                && (said != "Kubernetes API:" || metric(m, "inferscope_kube_errors_total", &[]) >= 2.0)
+        let m = d.wait_for_within(c.what, Duration::from_secs(15), |m| {
+            requests(m, &[("service", "py-sse"), ("pod", ""), ("namespace", "")]) == 3.0
+                && (!c.watching || metric(m, "inferscope_kube_errors_total", &[]) >= 2.0)
         });
+        assert_eq!(metric(&m, "inferscope_kube_watch_up", &[]), 0.0, "{}", c.what);
         let enabled = metric(&m, "inferscope_kube_metadata_enabled", &[]);
-        assert_eq!(metric(&m, "inferscope_kube_watch_up", &[]), 0.0, "{case}");
+        assert_eq!(enabled, if c.watching { 1.0 } else { 0.0 }, "{}", c.what);
         let log = d.drain();
-        let lines = log.iter().filter(|l| l.contains(said)).count();
-        assert_eq!(lines, 1, "{case}: said once why: {log:#?}");
-        assert_eq!(enabled, if said == "Kubernetes API:" { 1.0 } else { 0.0 }, "{case}");
+        let lines = log.iter().filter(|l| l.contains(c.says)).count();
+        assert_eq!(lines, 1, "{}: said once why: {log:#?}", c.what);
         drop(py);
-        assert!(d.stop().success(), "{case}");
+        assert!(d.stop().success(), "{}", c.what);
     }
 }

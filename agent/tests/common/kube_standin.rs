@@ -133,11 +133,17 @@ impl KubeApiStandin {
 
     /// A kubeconfig that points at this server with its token.
     pub fn write_kubeconfig(&self, path: &Path) {
+        self.write_kubeconfig_as(path, TOKEN);
+    }
+
+    /// The same with another bearer token, which this server forbids (403), as the real one
+    /// does for a service account without get/list/watch on pods.
+    pub fn write_kubeconfig_as(&self, path: &Path, token: &str) {
         std::fs::write(
             path,
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: http://127.0.0.1:{}\n\
-                 users:\n- name: standin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: standin\n  context:\n    \
+                 users:\n- name: standin\n  user:\n    token: {token}\ncontexts:\n- name: standin\n  context:\n    \
                  cluster: standin\n    user: standin\n    namespace: default\ncurrent-context: standin\n",
                 self.port
             ),
@@ -233,15 +239,16 @@ fn handle(mut s: TcpStream, state: &Shared, stop: &AtomicBool) {
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
-    let mut authorized = false;
+    let mut token = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        let lower = line.to_ascii_lowercase();
-        if lower.starts_with("authorization:") && line.trim_end().ends_with(&format!("Bearer {TOKEN}")) {
-            authorized = true;
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                token = value.trim().strip_prefix("Bearer ").map(str::to_string);
+            }
         }
     }
     let target = request_line.split(' ').nth(1).unwrap_or("").to_string();
@@ -255,8 +262,14 @@ fn handle(mut s: TcpStream, state: &Shared, stop: &AtomicBool) {
         })
         .collect();
     state.0.lock().unwrap().requests.push(format!("{path}?{params:?}"));
-    if !authorized {
-        return respond(&mut s, "401 Unauthorized", &status_body(401, "Unauthorized", "Unauthorized"));
+    match token.as_deref() {
+        None => return respond(&mut s, "401 Unauthorized", &status_body(401, "Unauthorized", "Unauthorized")),
+        Some(TOKEN) => {}
+        Some(_) => {
+            let msg = "pods is forbidden: User \"system:serviceaccount:inferscope:inferscope\" cannot list \
+                       resource \"pods\" in API group \"\" at the cluster scope";
+            return respond(&mut s, "403 Forbidden", &status_body(403, "Forbidden", msg));
+        }
     }
     if !request_line.starts_with("GET ") || path != "/api/v1/pods" {
         return respond(
