@@ -5,7 +5,8 @@
 //! Checked: the field selector on the node name, `pod_labels` rules, namespace/pod/container
 //! labels on /metrics, a pod that the API reports after its process started (rules tried again,
 //! followed processes labelled again), the API going away and coming back (the agent keeps
-//! measuring, counts the errors, logs them rate-limited), and no cluster at all. Needs root.
+//! measuring, counts the errors, logs them rate-limited), no permission, no cluster at all, and
+//! the pod map's bound with a paged list. Needs root.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -298,4 +299,36 @@ fn without_a_cluster_it_says_why_once_and_measures() {
         drop(py);
         assert!(d.stop().success(), "{}", c.what);
     }
+}
+
+#[test]
+fn the_pod_map_is_bounded_and_listed_in_pages() {
+    let _serial = require_root();
+    let dir = scratch_dir("kube-many");
+    let api = KubeApiStandin::start();
+    for i in 0..250 {
+        let uid = format!("{i:08x}-1111-4222-8333-444444444444");
+        api.put_pod(pod(
+            &uid,
+            "batch",
+            &format!("job-{i}"),
+            NODE,
+            &[("app", "job")],
+            &[("main", &format!("{i:064x}"))],
+        ));
+    }
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let cfg = config().replace("kubernetes_max_pods = 16", "kubernetes_max_pods = 200");
+    let mut d = Daemon::start_with(&dir, &cfg, &[], |cmd| {
+        cmd.env("NODE_NAME", NODE).env("KUBECONFIG", &kubeconfig).env_remove("KUBERNETES_SERVICE_HOST");
+    });
+    d.wait_ready();
+    let m = d.wait_for("the map full", |m| {
+        metric(m, "inferscope_kube_watch_up", &[]) == 1.0 && metric(m, "inferscope_kube_pods", &[]) == 200.0
+    });
+    assert_eq!(metric(&m, "inferscope_kube_pods_dropped_total", &[]), 50.0, "what the cap refused is counted");
+    let pages = api.requests().iter().filter(|r| r.contains(r#""continue""#)).count();
+    assert!(pages >= 2, "250 pods listed in pages: {:#?}", api.requests());
+    assert!(d.stop().success());
 }

@@ -96,6 +96,12 @@ pub struct PodIndex {
     epoch: Instant,
 }
 
+/// Pods per list page: a page is decoded whole (full Pod objects) before its records are kept,
+/// and the allocator keeps what a large page took. Measured with 1,000 pods of 10 labels and 2
+/// containers each: agent RSS 8 MiB above the one-pod figure with pages of 500 (kube's default),
+/// 3 MiB with pages of 100.
+const LIST_PAGE: u32 = 100;
+
 /// While the API cannot be reached the watcher retries at most every 30 s (its backoff's cap,
 /// plus jitter); this long without an error means a retry got through.
 const QUIET_AFTER_ERROR: Duration = Duration::from_secs(45);
@@ -285,7 +291,9 @@ async fn watch(index: Arc<PodIndex>, node: String) {
     log::info!("Kubernetes metadata: watching the pods of node `{node}` at {server}");
     let selector = format!("spec.nodeName={node}");
     let api: ::kube::Api<Pod> = ::kube::Api::all(client);
-    let mut events = watcher::watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let mut events = watcher::watcher(api, watcher::Config::default().fields(&selector).page_size(LIST_PAGE))
+        .default_backoff()
+        .boxed();
     let mut errors = ErrorLog::default();
     let mut listing: Option<HashMap<String, Arc<PodRecord>>> = None;
     let mut listed_once = false;

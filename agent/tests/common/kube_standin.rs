@@ -292,10 +292,18 @@ fn handle(mut s: TcpStream, state: &Shared, stop: &AtomicBool) {
     let on_node = |pod: &Value| node.as_deref().is_none_or(|n| pod["spec"]["nodeName"] == n);
     let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
     if !watch {
+        // Pages of `limit` items, the continue token being where the next page starts (the real
+        // server's token is opaque and pins the resourceVersion; this one is served from now).
         let st = state.0.lock().unwrap();
-        let items: Vec<&Value> = st.pods.values().filter(|p| on_node(p)).collect();
-        let list = json!({"kind": "PodList", "apiVersion": "v1",
-                          "metadata": {"resourceVersion": st.resource_version.to_string()}, "items": items});
+        let start: usize = params.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let matching: Vec<&Value> = st.pods.values().filter(|p| on_node(p)).collect();
+        let items: Vec<&Value> = matching.iter().skip(start).take(limit).copied().collect();
+        let mut metadata = json!({"resourceVersion": st.resource_version.to_string()});
+        if start.saturating_add(limit) < matching.len() {
+            metadata["continue"] = json!((start + limit).to_string());
+        }
+        let list = json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": items});
         drop(st);
         return respond(&mut s, "200 OK", &list);
     }
