@@ -149,9 +149,9 @@ fn synth(n: usize) -> Synth {
     Synth { stacks }
 }
 
-/// The same profile as the kernel hands it over, with every user stack already symbolized
-/// (attach.rs symbolizes once a second while the target lives) and a kallsyms for the kernel
-/// frames.
+/// The same profile as the kernel hands it over, with every user stack already symbolized and
+/// kept as `symbolize_new` keeps it (attach.rs symbolizes once a second while the target lives)
+/// and a kallsyms for the kernel frames.
 fn raw(s: &Synth) -> (RawProfile, UserFrames, Kallsyms) {
     let base = 0xffff_ffff_8100_0000u64;
     let kallsyms_text: String =
@@ -166,7 +166,7 @@ fn raw(s: &Synth) -> (RawProfile, UserFrames, Kallsyms) {
     for (user_id, (user, kernel, ph, count)) in (0..).zip(&s.stacks) {
         // The kernel gives leaf-first instruction pointers; fold only needs them to exist.
         raw.stacks.insert(user_id, vec![0x1000; user.len()]);
-        cache.insert(user_id, user.clone());
+        cache.insert(user_id, user);
         let kernel_id = if kernel.is_empty() {
             -1
         } else {
@@ -186,13 +186,19 @@ fn raw(s: &Synth) -> (RawProfile, UserFrames, Kallsyms) {
 /// escaped and every line built per sample, counted in two `BTreeMap<String, u64>`s; folded files
 /// joined in memory; all SVGs on one thread), to check the faster path writes the same bytes.
 mod reference {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::path::Path;
 
     use agent_common::phase;
-    use inferscope::profile::{phase_path, Kallsyms, RawProfile, UserFrames};
+    use inferscope::profile::{phase_path, Kallsyms, RawProfile};
 
-    pub fn fold(raw: &RawProfile, cache: &UserFrames, kallsyms: &Kallsyms, comm: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    /// `cache`: user stacks by id, names root first as symbolized.
+    pub fn fold(
+        raw: &RawProfile,
+        cache: &HashMap<i32, Vec<String>>,
+        kallsyms: &Kallsyms,
+        comm: &str,
+    ) -> BTreeMap<String, BTreeMap<String, u64>> {
         let mut by_phase: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (key, n) in &raw.samples {
             let mut frames: Vec<String> = vec![comm.to_string()];
@@ -266,7 +272,7 @@ fn bench(c: &mut Criterion) {
             frames as f64 / n as f64,
             chars as f64 / user_frames as f64,
             folded.by_phase.iter().map(|(p, m)| (p.as_str(), m.len())).collect::<Vec<_>>(),
-            all.keys().map(|l| l.len() + 8).sum::<usize>() as f64 / (1 << 20) as f64
+            all.keys().map(|l| l.to_string().len() + 8).sum::<usize>() as f64 / (1 << 20) as f64
         );
         let only_all = Folded { by_phase: BTreeMap::from([("all".to_string(), all.clone())]), ..folded.clone() };
         let svg = dir.join(format!("cpu-{n}.svg"));
@@ -274,11 +280,12 @@ fn bench(c: &mut Criterion) {
         for p in write(&folded, Some(&svg), Some(&folded_file), &title).unwrap() {
             eprintln!("  {} {:.1} MiB", p.display(), std::fs::metadata(&p).unwrap().len() as f64 / (1 << 20) as f64);
         }
-        let old = reference::fold(&raw, &cache, &kallsyms, COMM);
+        let names: HashMap<i32, Vec<String>> = (0..).zip(s.stacks.iter().map(|st| st.0.clone())).collect();
+        let old = reference::fold(&raw, &names, &kallsyms, COMM);
         assert!(
             old.len() == folded.by_phase.len()
                 && old.iter().zip(&folded.by_phase).all(|((p, m), (q, f))| {
-                    p == q && m.len() == f.len() && m.iter().zip(f).all(|((l, n), (k, c))| **l == **k && n == c)
+                    p == q && m.len() == f.len() && m.iter().zip(f).all(|((l, n), (k, c))| *l == k.to_string() && n == c)
                 }),
             "fold differs from the reference"
         );

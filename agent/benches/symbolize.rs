@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 
 use agent_common::SampleKey;
@@ -168,7 +167,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function(format!("symbolize_new: 1000 stacks ({frames} frames), cold Symbolizer"), |b| {
         b.iter_batched(
-            || (Symbolizer::new(), HashMap::new()),
+            || (Symbolizer::new(), UserFrames::new()),
             |(mut s, mut cache)| {
                 symbolize_new(&raw, &mut s, &mut cache);
                 cache

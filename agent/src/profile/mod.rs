@@ -2,6 +2,7 @@
 //! flamegraph SVGs (inferno) and folded files, plus a "top functions" table.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,12 +52,117 @@ impl Kallsyms {
     }
 }
 
+/// One folded stack, `comm;frame;frame;…` (root first; names never contain `;`), kept as the
+/// name ids of the fold it came from: 100k distinct stacks of 2 KB each are not held as 200 MB of
+/// text. Shown (`Display`) and ordered as that text.
+#[derive(Clone)]
+pub struct Stack {
+    names: Arc<[Arc<str>]>,
+    frames: Arc<[u32]>,
+    /// Position among the stacks of its fold, which are numbered in text order.
+    rank: u32,
+}
+
+impl Stack {
+    fn frame(&self, i: usize) -> &str {
+        &self.names[self.frames[i] as usize]
+    }
+
+    fn frame_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.frames.iter().map(|&id| &*self.names[id as usize])
+    }
+
+    /// Appends the text of the first `n` frames.
+    fn push_text(&self, n: usize, out: &mut String) {
+        for (i, name) in self.frame_names().take(n).enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(name);
+        }
+    }
+
+    fn same_fold(&self, other: &Stack) -> bool {
+        Arc::ptr_eq(&self.names, &other.names)
+    }
+}
+
+impl std::fmt::Display for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = String::new();
+        self.push_text(self.frames.len(), &mut text);
+        f.write_str(&text)
+    }
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+impl Ord for Stack {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.same_fold(other) {
+            return self.rank.cmp(&other.rank);
+        }
+        // Stacks of different folds: as their text, frame by frame.
+        let (la, lb) = (self.frames.len(), other.frames.len());
+        for i in 0..la.min(lb) {
+            let (a, b) = (self.frame(i), other.frame(i));
+            if a != b {
+                return cmp_frame(a, i + 1 < la, b, i + 1 < lb);
+            }
+        }
+        la.cmp(&lb)
+    }
+}
+
+impl PartialOrd for Stack {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Stack {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Stack {}
+
+/// A stack from its folded text (frames split at `;`), in a fold of its own.
+impl From<&str> for Stack {
+    fn from(text: &str) -> Self {
+        let mut names = Names::default();
+        let frames: Arc<[u32]> = text.split(';').map(|f| names.intern(f)).collect();
+        Stack { names: names.by_id.into(), frames, rank: 0 }
+    }
+}
+
+/// `stacks` with all stacks in one fold: as they are, or (when stacks of several folds were
+/// put together) renumbered into a new one.
+fn one_fold(stacks: &BTreeMap<Stack, u64>) -> std::borrow::Cow<'_, BTreeMap<Stack, u64>> {
+    let mut keys = stacks.keys();
+    if keys.next().is_none_or(|first| keys.all(|s| s.same_fold(first))) {
+        return std::borrow::Cow::Borrowed(stacks);
+    }
+    let mut names = Names::default();
+    let frames: Vec<Arc<[u32]>> =
+        stacks.keys().map(|s| s.frame_names().map(|f| names.intern(f)).collect()).collect();
+    let table: Arc<[Arc<str>]> = names.by_id.into();
+    let renumbered = (0u32..).zip(frames).zip(stacks.values());
+    std::borrow::Cow::Owned(
+        renumbered.map(|((rank, frames), &n)| (Stack { names: Arc::clone(&table), frames, rank }, n)).collect(),
+    )
+}
+
 /// Folded stacks per phase ("all" holds everything).
 #[derive(Debug, Default, Clone)]
 pub struct Folded {
-    /// Line (`frame;frame;…`, root first) → count; the same line text is shared by "all" and its
-    /// phase.
-    pub by_phase: BTreeMap<String, BTreeMap<Arc<str>, u64>>,
+    /// Stack → count; "all" and its phase share the same stacks.
+    pub by_phase: BTreeMap<String, BTreeMap<Stack, u64>>,
     pub samples: u64,
     /// Samples whose user stack could not be read at all.
     pub no_user_stack: u64,
@@ -94,34 +200,88 @@ const THREAD_ROOTS: &[&str] = &[
     "thread_start",
 ];
 
-/// User stacks already symbolized, by stack id. Filled while the process lives: after it exits
-/// its maps and files under /proc/PID are gone.
-pub type UserFrames = HashMap<i32, Vec<String>>;
+/// Function names, each held once and numbered (`;`, which separates frames in the folded
+/// format, replaced by `:`): stacks repeat the same few thousand names.
+#[derive(Debug, Default, Clone)]
+struct Names {
+    ids: HashMap<Arc<str>, u32, BuildHasherDefault<NameHasher>>,
+    by_id: Vec<Arc<str>>,
+}
+
+impl Names {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let escaped = name.replace(';', ":");
+        if let Some(&id) = self.ids.get(escaped.as_str()) {
+            return id;
+        }
+        let id = self.by_id.len() as u32;
+        let name: Arc<str> = Arc::from(escaped);
+        self.by_id.push(Arc::clone(&name));
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.by_id[id as usize]
+    }
+}
+
+/// User stacks already symbolized, by stack id (names root first, as in folded lines). Filled
+/// while the process lives: after it exits its maps and files under /proc/PID are gone.
+#[derive(Debug, Default, Clone)]
+pub struct UserFrames {
+    stacks: HashMap<i32, Vec<u32>>,
+    names: Names,
+}
+
+impl UserFrames {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the symbolized stack `id` (names root first).
+    pub fn insert<S: AsRef<str>>(&mut self, id: i32, names: impl IntoIterator<Item = S>) {
+        let names = names.into_iter().map(|n| self.names.intern(n.as_ref())).collect();
+        self.stacks.insert(id, names);
+    }
+
+    pub fn contains(&self, id: i32) -> bool {
+        self.stacks.contains_key(&id)
+    }
+
+    /// Stacks kept.
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+}
 
 /// Symbolizes (root first) every user stack in `raw` not in `cache` yet.
 pub fn symbolize_new(raw: &RawProfile, symbolizer: &mut Symbolizer, cache: &mut UserFrames) {
     for (key, _) in &raw.samples {
-        if key.user_stack < 0 || cache.contains_key(&key.user_stack) {
+        if key.user_stack < 0 || cache.contains(key.user_stack) {
             continue;
         }
         let Some(ips) = raw.stacks.get(&key.user_stack) else { continue };
-        let names = ips
-            .iter()
-            .rev()
-            .map(|&ip| {
-                let f = symbolizer.symbolize(key.tgid, ip);
-                match (f.function, f.module) {
-                    (Some(func), _) => func,
-                    (None, Some(m)) => {
-                        format!(
-                            "[unknown {}]",
-                            Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
-                        )
-                    }
-                    (None, None) => "[unknown]".to_string(),
+        let names = ips.iter().rev().map(|&ip| {
+            let f = symbolizer.symbolize(key.tgid, ip);
+            match (f.function, f.module) {
+                (Some(func), _) => func,
+                (None, Some(m)) => {
+                    format!(
+                        "[unknown {}]",
+                        Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
+                    )
                 }
-            })
-            .collect();
+                (None, None) => "[unknown]".to_string(),
+            }
+        });
         cache.insert(key.user_stack, names);
     }
 }
@@ -133,95 +293,47 @@ fn slot_name(slot: usize) -> &'static str {
     phase::NAMES.get(slot).copied().unwrap_or("other")
 }
 
-/// Appends one frame; `;` separates frames in the folded format, so names must not contain it.
-fn push_frame(line: &mut String, name: &str) {
-    if name.contains(';') {
-        line.extend(name.chars().map(|c| if c == ';' { ':' } else { c }));
-    } else {
-        line.push_str(name);
+/// The byte order of two frames of folded lines where everything before them is the same:
+/// `name` then `;` when another frame follows (`more`), or the end of the line.
+fn cmp_frame(a: &str, a_more: bool, b: &str, b_more: bool) -> std::cmp::Ordering {
+    let l = common_prefix(a.as_bytes(), b.as_bytes());
+    let next = |s: &str, more: bool| s.as_bytes().get(l).copied().or(more.then_some(b';'));
+    next(a, a_more).cmp(&next(b, b_more))
+}
+
+/// Sort keys for folded lines without comparing their text: every name ranked twice, as a
+/// frame followed by another (`name;`) and as the last one (`name` and the end of the line).
+/// Those pieces are prefix-free, so lines order as the sequences of their pieces' ranks do:
+/// written big-endian, a line's key is a short byte string (4 bytes a frame, not ~70) that
+/// `memcmp` orders as the line.
+struct LineKeys {
+    /// (rank as the last frame, rank followed by another), by name id.
+    ranks: Vec<[u32; 2]>,
+}
+
+impl LineKeys {
+    fn new(names: &Names) -> Self {
+        let mut pieces: Vec<(u32, bool)> =
+            (0..names.by_id.len() as u32).flat_map(|id| [(id, false), (id, true)]).collect();
+        pieces.sort_unstable_by(|&(a, a_more), &(b, b_more)| cmp_frame(names.name(a), a_more, names.name(b), b_more));
+        let mut ranks = vec![[0; 2]; names.by_id.len()];
+        for (rank, &(id, more)) in (0u32..).zip(&pieces) {
+            ranks[id as usize][usize::from(more)] = rank;
+        }
+        Self { ranks }
+    }
+
+    /// Appends the key of the line of `frames` (after the command name, shared by all lines).
+    fn push(&self, frames: &[u32], key: &mut Vec<u8>) {
+        for (i, &id) in frames.iter().enumerate() {
+            key.extend_from_slice(&self.ranks[id as usize][usize::from(i + 1 < frames.len())].to_be_bytes());
+        }
     }
 }
 
-/// How many bytes of `s` are `b`, eight at a time (about 10 times faster here than a byte loop,
-/// which the compiler does not vectorize well).
-fn count_byte(s: &[u8], b: u8) -> usize {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const PAIRS: u64 = 0x00ff_00ff_00ff_00ff;
-    let (words, rest) = s.as_chunks::<8>();
-    let pattern = u64::from_ne_bytes([b; 8]);
-    let mut total = 0;
-    // Per byte lane at most 255 words between sums.
-    for block in words.chunks(255) {
-        let mut lanes = 0u64;
-        for w in block {
-            let x = u64::from_ne_bytes(*w) ^ pattern;
-            // High bit of each byte set where x's byte is not 0 (exact, no borrow between bytes).
-            let nonzero = ((x & LOW7).wrapping_add(LOW7)) | x;
-            lanes += (!nonzero >> 7) & ONES;
-        }
-        let pairs = (lanes & PAIRS) + ((lanes >> 8) & PAIRS);
-        total += (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as usize;
-    }
-    total + rest.iter().filter(|&&x| x == b).count()
-}
-
-/// The folded line of one stack: `comm;user frames…;kernel frames…_[k]`, root first.
-fn stack_line(
-    line: &mut String,
-    comm: &str,
-    user: Option<&Vec<String>>,
-    kernel: Option<&Vec<u64>>,
-    kallsyms: &Kallsyms,
-) {
-    let kernel_names = || kernel.into_iter().flatten().rev().map(|&ip| kallsyms.lookup(ip).unwrap_or("[unknown]"));
-    // Names almost never contain `;`: copy them as they are, then count the `;`s once over the
-    // whole line, and escape frame by frame only when a name brought one of its own.
-    line.clear();
-    line.push_str(comm);
-    let mut separators = 0;
-    match user {
-        Some(names) => {
-            for name in names {
-                line.push(';');
-                line.push_str(name);
-            }
-            separators += names.len();
-        }
-        None => {
-            line.push_str(";[no user stack]");
-            separators += 1;
-        }
-    }
-    for name in kernel_names() {
-        line.push(';');
-        line.push_str(name);
-        line.push_str("_[k]");
-        separators += 1;
-    }
-    if count_byte(line.as_bytes(), b';') == separators {
-        return;
-    }
-    line.clear();
-    push_frame(line, comm);
-    match user {
-        Some(names) => {
-            for name in names {
-                line.push(';');
-                push_frame(line, name);
-            }
-        }
-        None => line.push_str(";[no user stack]"),
-    }
-    for name in kernel_names() {
-        line.push(';');
-        push_frame(line, name);
-        line.push_str("_[k]");
-    }
-}
-
-/// Folds the samples into one line per distinct stack and counts them per phase. Each distinct
-/// (user, kernel) stack pair is turned into text once; "all" and its phase share that text.
+/// Folds the samples into one stack per distinct line and counts them per phase. Each distinct
+/// (user, kernel) stack pair is counted once per phase and the pairs are sorted by short keys;
+/// no line text is built here.
 pub fn fold(
     raw: &RawProfile,
     symbolizer: &mut Symbolizer,
@@ -229,61 +341,105 @@ pub fn fold(
     kallsyms: &Kallsyms,
     comm: &str,
 ) -> Folded {
+    /// A distinct (user, kernel) stack pair: its counts per phase slot (`None`: no sample
+    /// there; a sample of count 0 still lists the line, as it always has).
+    struct Pair<'a> {
+        user: &'a [u32],
+        kernel: &'a [u32],
+        counts: [Option<u64>; PHASE_SLOTS],
+    }
     symbolize_new(raw, symbolizer, cache);
+    let UserFrames { stacks: user_stacks, names } = cache;
+    let comm = names.intern(comm);
+    let no_user_stack = [names.intern("[no user stack]")];
+    let mut kernel_stacks: HashMap<i32, Vec<u32>> = HashMap::new();
+    for (key, _) in &raw.samples {
+        if key.kernel_stack < 0 || kernel_stacks.contains_key(&key.kernel_stack) {
+            continue;
+        }
+        if let Some(ips) = raw.stacks.get(&key.kernel_stack) {
+            let frames = ips
+                .iter()
+                .rev()
+                .map(|&ip| names.intern(&format!("{}_[k]", kallsyms.lookup(ip).unwrap_or("[unknown]"))))
+                .collect();
+            kernel_stacks.insert(key.kernel_stack, frames);
+        }
+    }
+    let names = &*names;
     let mut out = Folded::default();
-    // Per distinct (user, kernel) stack pair: its line and counts per phase slot (`None`: no
-    // sample there; a sample of count 0 still lists the line, as it always has).
-    let mut pair_line: HashMap<(i32, i32), usize> = HashMap::new();
-    let mut lines: Vec<(Arc<str>, [Option<u64>; PHASE_SLOTS])> = Vec::new();
-    let mut line = String::new();
+    let mut pair_index: HashMap<(i32, i32), usize> = HashMap::new();
+    let mut pairs: Vec<Pair> = Vec::new();
     for (key, n) in &raw.samples {
         let n = *n;
         out.samples += n;
-        let user = cache.get(&key.user_stack).filter(|_| key.user_stack >= 0);
+        let user = user_stacks.get(&key.user_stack).filter(|_| key.user_stack >= 0);
         match user {
-            Some(names) => {
+            Some(frames) => {
                 // libc's own entry (__libc_start_call_main) is a local symbol: an unnamed libc root counts as complete.
-                if !names
-                    .first()
-                    .is_some_and(|root| THREAD_ROOTS.iter().any(|r| root == r) || root.starts_with("[unknown libc.so"))
-                {
+                if !frames.first().map(|&id| names.name(id)).is_some_and(|root| {
+                    THREAD_ROOTS.contains(&root) || root.starts_with("[unknown libc.so")
+                }) {
                     out.truncated += n;
                 }
             }
             None => out.no_user_stack += n,
         }
-        let kernel = raw.stacks.get(&key.kernel_stack).filter(|_| key.kernel_stack >= 0);
-        let pair = (if user.is_some() { key.user_stack } else { -1 }, if kernel.is_some() { key.kernel_stack } else { -1 });
-        let i = *pair_line.entry(pair).or_insert_with(|| {
-            stack_line(&mut line, comm, user, kernel, kallsyms);
-            lines.push((Arc::from(line.as_str()), [None; PHASE_SLOTS]));
-            lines.len() - 1
+        let kernel = kernel_stacks.get(&key.kernel_stack).filter(|_| key.kernel_stack >= 0);
+        let id = (if user.is_some() { key.user_stack } else { -1 }, if kernel.is_some() { key.kernel_stack } else { -1 });
+        let i = *pair_index.entry(id).or_insert_with(|| {
+            pairs.push(Pair {
+                user: user.map_or(&no_user_stack[..], Vec::as_slice),
+                kernel: kernel.map_or(&[][..], Vec::as_slice),
+                counts: [None; PHASE_SLOTS],
+            });
+            pairs.len() - 1
         });
         let slot = (key.phase as usize).min(PHASE_SLOTS - 1);
-        *lines[i].1[slot].get_or_insert(0) += n;
+        *pairs[i].counts[slot].get_or_insert(0) += n;
     }
-    // Sort once; different stack ids can symbolize to the same line: merge those.
-    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    lines.dedup_by(|later, kept| {
-        if later.0 != kept.0 {
-            return false;
-        }
-        for (k, l) in kept.1.iter_mut().zip(later.1) {
-            if let Some(l) = l {
-                *k.get_or_insert(0) += l;
+    // Sort once, by key; different stack ids can symbolize to the same line: merge those.
+    let line_keys = LineKeys::new(names);
+    let mut keys = Vec::new();
+    let mut key_end = Vec::with_capacity(pairs.len() + 1);
+    key_end.push(0);
+    let mut frames = Vec::new();
+    for p in &pairs {
+        frames.clear();
+        frames.extend_from_slice(p.user);
+        frames.extend_from_slice(p.kernel);
+        line_keys.push(&frames, &mut keys);
+        key_end.push(keys.len());
+    }
+    let key = |i: usize| &keys[key_end[i]..key_end[i + 1]];
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_unstable_by(|&a, &b| key(a).cmp(key(b)));
+    let table: Arc<[Arc<str>]> = names.by_id.as_slice().into();
+    let mut stacks: Vec<(Stack, [Option<u64>; PHASE_SLOTS])> = Vec::with_capacity(pairs.len());
+    for (k, &i) in order.iter().enumerate() {
+        let p = &pairs[i];
+        if k > 0 && key(order[k - 1]) == key(i) {
+            if let Some((_, counts)) = stacks.last_mut() {
+                for (c, n) in counts.iter_mut().zip(p.counts) {
+                    if let Some(n) = n {
+                        *c.get_or_insert(0) += n;
+                    }
+                }
             }
+            continue;
         }
-        true
-    });
-    if !lines.is_empty() {
-        let all = lines.iter().map(|(l, c)| (Arc::clone(l), c.iter().flatten().sum()));
+        let frames: Arc<[u32]> = [comm].iter().chain(p.user).chain(p.kernel).copied().collect();
+        let rank = stacks.len() as u32;
+        stacks.push((Stack { names: Arc::clone(&table), frames, rank }, p.counts));
+    }
+    if !stacks.is_empty() {
+        let all = stacks.iter().map(|(s, c)| (s.clone(), c.iter().flatten().sum()));
         out.by_phase.insert("all".into(), all.collect());
     }
     for slot in 0..PHASE_SLOTS {
-        let stacks: BTreeMap<Arc<str>, u64> =
-            lines.iter().filter_map(|(l, c)| c[slot].map(|n| (Arc::clone(l), n))).collect();
-        if !stacks.is_empty() {
-            out.by_phase.insert(slot_name(slot).into(), stacks);
+        let in_phase: BTreeMap<Stack, u64> = stacks.iter().filter_map(|(s, c)| c[slot].map(|n| (s.clone(), n))).collect();
+        if !in_phase.is_empty() {
+            out.by_phase.insert(slot_name(slot).into(), in_phase);
         }
     }
     out
@@ -302,22 +458,8 @@ pub fn phase_path(path: &Path, phase: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-pub fn folded_lines(stacks: &BTreeMap<Arc<str>, u64>) -> Vec<String> {
+pub fn folded_lines(stacks: &BTreeMap<Stack, u64>) -> Vec<String> {
     stacks.iter().map(|(s, n)| format!("{s} {n}")).collect()
-}
-
-/// `stack count` lines in one string, and where each line ends.
-fn lines_text<'a>(lines: impl ExactSizeIterator<Item = (&'a str, u64)> + Clone) -> (String, Vec<usize>) {
-    use std::fmt::Write as _;
-    let mut ends = Vec::with_capacity(lines.len());
-    let mut text = String::with_capacity(lines.clone().map(|(s, _)| s.len() + 22).sum());
-    for (stack, n) in lines {
-        text.push_str(stack);
-        let _ = write!(text, " {n}");
-        ends.push(text.len());
-        text.push('\n');
-    }
-    (text, ends)
 }
 
 /// How many leading bytes `a` and `b` have in common.
@@ -335,30 +477,26 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     i + a[i..].iter().zip(&b[i..]).take_while(|(x, y)| x == y).count()
 }
 
-/// Where the frame that starts at byte `start` of `stack` ends (its `;`, or the end).
-fn frame_end(stack: &str, start: usize) -> usize {
-    stack.as_bytes()[start..].iter().position(|&b| b == b';').map_or(stack.len(), |p| start + p)
-}
-
-/// Whether inferno reads `stack count` as exactly that stack and count: no whitespace for its
-/// `trim` at either end, not a `# ` comment, no empty first frame, and nothing after the last
-/// space that it would take for a second (differential) count column.
-fn reads_as_is(stack: &str) -> bool {
-    let b = stack.as_bytes();
-    let tail = b.iter().rposition(|&c| c == b' ' || c == b';').map_or(0, |p| p + 1);
-    let count_like = tail > 0 && b[tail - 1] == b' ' && b[tail..].iter().all(|&c| c.is_ascii_digit() || c == b'.');
-    !stack.is_empty()
-        && !stack.starts_with(char::is_whitespace)
-        && !stack.ends_with(char::is_whitespace)
-        && !stack.starts_with("# ")
-        && !stack.starts_with(';')
+/// Whether inferno reads `stack count` as exactly that stack and count, for a stack whose
+/// first frame is `first` and last `last`: no whitespace for its `trim` at either end, not a
+/// `# ` comment, no empty first frame, and nothing after the last space that it would take for
+/// a second (differential) count column.
+fn reads_as_is(first: &str, last: &str) -> bool {
+    let b = last.as_bytes();
+    let tail = b.iter().rposition(|&c| c == b' ').map_or(0, |p| p + 1);
+    let count_like = tail > 0 && b[tail..].iter().all(|&c| c.is_ascii_digit() || c == b'.');
+    !first.is_empty()
+        && !first.starts_with(char::is_whitespace)
+        && !first.starts_with("# ")
+        && !last.ends_with(char::is_whitespace)
         && !count_like
 }
 
 /// One phase's stacks as inferno needs them for the same SVG, with every frame that inferno
 /// would leave out of the drawing (narrower than `min_width` percent of all samples) folded
 /// into its parent beforehand, so that inferno does not merge 100k lines to draw a few thousand
-/// frames. `None` where that cannot be done exactly (then inferno gets every line).
+/// frames: (stack, frames of it to write, count). `None` where that cannot be done exactly
+/// (then inferno gets every line).
 ///
 /// inferno sorts the lines, then walks them in order: a frame at depth d spans the consecutive
 /// lines that share their first d frames, and it is drawn only when its sample count is at
@@ -369,43 +507,43 @@ fn reads_as_is(stack: &str) -> bool {
 /// child (the one frame more keeps that line sorted between its neighbours), with the frame's
 /// whole count. Every drawn frame keeps its name, depth, start and end and its place in the
 /// close order, and `total_samples` stays; so the SVG is byte for byte the one of all lines.
-fn pruned_for_svg(stacks: &BTreeMap<Arc<str>, u64>, min_width: f64) -> Option<Vec<(&str, u64)>> {
+/// All stacks must be of one fold (frame ids compare as names).
+/// Also returns which output lines are cut ones.
+#[allow(clippy::type_complexity)]
+fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec<(&'a Stack, usize, u64)>, Vec<usize>)> {
     struct Open {
-        /// The frames shared by the lines of this interval end before byte `v - 1`.
+        /// Frames shared by the lines of this interval.
         v: usize,
         first: usize,
         time: u64,
         out: usize,
     }
-    let lines: Vec<(&str, u64)> = stacks.iter().map(|(s, &n)| (&**s, n)).collect();
     let total = lines.iter().try_fold(0u64, |t, l| t.checked_add(l.1))?;
-    if total == 0 || !lines.iter().all(|l| reads_as_is(l.0)) {
+    let as_is = |s: &Stack, n: usize| n > 0 && reads_as_is(s.frame(0), s.frame(n - 1));
+    if total == 0 || !lines.iter().all(|(s, _)| as_is(s, s.frames.len())) {
         return None;
     }
     // inferno's own arithmetic, so that the same frames fall under it.
     let widthpertime_pct = 100.0 / total as f64;
     let minwidth_time = min_width / widthpertime_pct;
     let pruned = |w: u64| (w as f64) < minwidth_time;
-    // Shared frames of consecutive stacks as `v` (end of the last shared frame + 1; 0: none).
-    // `None` where "a count" would not sort before "b count" as a and b do (inferno sorts whole
-    // lines).
-    let shared = |a: &str, b: &str| -> Option<usize> {
-        let l = common_prefix(a.as_bytes(), b.as_bytes());
-        if l == a.len() {
-            match b.as_bytes().get(l) {
-                Some(b';') => return Some(l + 1),
-                Some(&c) if c > b' ' => {}
-                _ => return None,
+    // Frames shared by consecutive stacks. `None` where "a count" would not sort before
+    // "b count" as a and b do (inferno sorts whole lines): a's last name is where they part and
+    // a prefix of b's name there, followed by a space or less.
+    let shared = |a: &Stack, b: &Stack| -> Option<usize> {
+        let s = a.frames.iter().zip(b.frames.iter()).take_while(|(x, y)| x == y).count();
+        if s + 1 == a.frames.len() && s < b.frames.len() {
+            let (x, y) = (a.frame(s), b.frame(s));
+            if y.starts_with(x) && y.as_bytes()[x.len()] <= b' ' {
+                return None;
             }
         }
-        Some(a.as_bytes()[..l].iter().rposition(|&c| c == b';').map_or(0, |p| p + 1))
+        // b's frames a prefix of a's (or the same stack): not sorted.
+        (s < b.frames.len()).then_some(s)
     };
-    // A frame starting at byte `start` of `stack`, pruned: the stack up to that frame's child.
-    let cut = |stack: &'_ str, start: usize| -> usize {
-        let end = frame_end(stack, start);
-        if end == stack.len() { end } else { frame_end(stack, end + 1) }
-    };
-    let mut out: Vec<(&str, u64)> = Vec::new();
+    // A frame at index `start`, pruned: its stack up to that frame's child.
+    let cut = |s: &Stack, start: usize| s.frames.len().min(start + 2);
+    let mut out: Vec<(&Stack, usize, u64)> = Vec::new();
     let mut merged = Vec::new();
     let mut open = vec![Open { v: 0, first: 0, time: 0, out: 0 }];
     let mut time = 0u64;
@@ -419,11 +557,11 @@ fn pruned_for_svg(stacks: &BTreeMap<Arc<str>, u64>, min_width: f64) -> Option<Ve
         time += n;
         // Frames of this line alone: count n.
         let own = prev_shared.max(next_shared);
-        if stack.len() + 1 > own && pruned(n) {
+        if stack.frames.len() > own && pruned(n) {
             merged.push(out.len());
-            out.push((&stack[..cut(stack, own)], n));
+            out.push((stack, cut(stack, own), n));
         } else {
-            out.push((stack, n));
+            out.push((stack, stack.frames.len(), n));
         }
         // Frames that end with this line.
         let mut last = None;
@@ -437,7 +575,7 @@ fn pruned_for_svg(stacks: &BTreeMap<Arc<str>, u64>, min_width: f64) -> Option<Ve
                 }
                 merged.push(out.len());
                 let first = lines[o.first].0;
-                out.push((&first[..cut(first, parent_v)], w));
+                out.push((first, cut(first, parent_v), w));
             }
             last = Some((o.first, o.time, o.out));
         }
@@ -447,36 +585,68 @@ fn pruned_for_svg(stacks: &BTreeMap<Arc<str>, u64>, min_width: f64) -> Option<Ve
         }
         prev_shared = next_shared;
     }
-    // The cut lines must read as they are and stay in order (checked, not only argued).
-    for &m in &merged {
-        let line = |k: usize| out.get(k).map(|(s, n)| format!("{s} {n}"));
-        let this = line(m);
-        if !reads_as_is(out[m].0) || (m > 0 && line(m - 1) >= this) || line(m + 1).is_some_and(|next| Some(next) <= this) {
-            return None;
+    // The cut lines must read as they are (their order is checked once they are written).
+    if !merged.iter().all(|&m| as_is(out[m].0, out[m].1)) {
+        return None;
+    }
+    Some((out, merged))
+}
+
+/// `stack count` lines in one string, and where each ends.
+fn lines_text(lines: &[(&Stack, usize, u64)]) -> (String, Vec<usize>) {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut ends = Vec::with_capacity(lines.len());
+    for &(s, frames, n) in lines {
+        s.push_text(frames, &mut text);
+        let _ = write!(text, " {n}");
+        ends.push(text.len());
+        text.push('\n');
+    }
+    (text, ends)
+}
+
+/// The lines inferno gets for one phase's SVG (see `pruned_for_svg`), written out.
+fn svg_lines(stacks: &BTreeMap<Stack, u64>, min_width: f64) -> (String, Vec<usize>) {
+    let stacks = one_fold(stacks);
+    let all: Vec<(&Stack, u64)> = stacks.iter().map(|(s, &n)| (s, n)).collect();
+    if let Some((lines, merged)) = pruned_for_svg(&all, min_width) {
+        let (text, ends) = lines_text(&lines);
+        let line = |k: usize| k.checked_sub(1).map_or(0, |p| ends[p] + 1)..ends[k];
+        // Each cut line sorts between its neighbours (checked, not only argued).
+        let in_order = |k: usize| k + 1 >= ends.len() || text[line(k)] < text[line(k + 1)];
+        if merged.iter().all(|&m| (m == 0 || in_order(m - 1)) && in_order(m)) {
+            return (text, ends);
         }
     }
-    Some(out)
+    lines_text(&all.iter().map(|&(s, n)| (s, s.frames.len(), n)).collect::<Vec<_>>())
 }
 
 /// One phase's folded file and SVG; returns the files written, in that order.
 fn write_phase(
     folded: &Folded,
     phase_name: &str,
-    stacks: &BTreeMap<Arc<str>, u64>,
+    stacks: &BTreeMap<Stack, u64>,
     svg: Option<&Path>,
     folded_path: Option<&Path>,
     title: &str,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    use std::fmt::Write as _;
     let mut written = Vec::new();
     if let Some(p) = folded_path {
         let p = phase_path(p, phase_name);
         // Streamed: the lines are already in order, no need to hold the file in memory.
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?);
+        let mut f = std::fs::File::create(&p)?;
+        let mut buf = String::with_capacity((1 << 20) + (1 << 16));
         for (stack, n) in stacks {
-            f.write_all(stack.as_bytes())?;
-            writeln!(f, " {n}")?;
+            stack.push_text(stack.frames.len(), &mut buf);
+            let _ = writeln!(buf, " {n}");
+            if buf.len() >= 1 << 20 {
+                f.write_all(buf.as_bytes())?;
+                buf.clear();
+            }
         }
-        f.flush()?;
+        f.write_all(buf.as_bytes())?;
         written.push(p);
     }
     if let Some(p) = svg {
@@ -485,10 +655,7 @@ fn write_phase(
         let mut opts = inferno::flamegraph::Options::default();
         opts.title = format!("{title} — {phase_name}, {count} {}", folded.unit_name());
         opts.count_name = folded.unit_name().to_string();
-        let (text, ends) = match pruned_for_svg(stacks, opts.min_width) {
-            Some(lines) => lines_text(lines.iter().copied()),
-            None => lines_text(stacks.iter().map(|(s, &n)| (&**s, n))),
-        };
+        let (text, ends) = svg_lines(stacks, opts.min_width);
         let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
         let lines = ends.iter().scan(0, |start, &end| {
             let line = &text[*start..end];
@@ -513,7 +680,7 @@ pub fn write(
     folded_path: Option<&Path>,
     title: &str,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let phases: Vec<(&String, &BTreeMap<Arc<str>, u64>)> = folded.by_phase.iter().collect();
+    let phases: Vec<(&String, &BTreeMap<Stack, u64>)> = folded.by_phase.iter().collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(phases.len());
     let next = AtomicUsize::new(0);
     let mut results: Vec<Option<anyhow::Result<Vec<PathBuf>>>> = (0..phases.len()).map(|_| None).collect();
@@ -576,66 +743,36 @@ impl std::hash::Hasher for NameHasher {
 }
 
 /// (function, self share, total share) of the "all" profile, by self share.
-///
-/// Lines come sorted, so consecutive lines share their first frames: those keep the entries
-/// the previous line looked up, and only the frames after them are hashed.
 pub fn top_functions(folded: &Folded, n: usize) -> Vec<(String, f64, f64)> {
-    struct Func<'a> {
-        name: &'a str,
-        self_n: u64,
-        total_n: u64,
-        /// The last line counted in `total_n` (a function counts once per stack).
-        line: usize,
-    }
     let Some(all) = folded.by_phase.get("all") else { return Vec::new() };
     let total: u64 = all.values().sum();
     if total == 0 {
         return Vec::new();
     }
-    let mut funcs: Vec<Func> = Vec::new();
-    let mut index: HashMap<&str, usize, std::hash::BuildHasherDefault<NameHasher>> = HashMap::default();
-    // The previous line's frames after the first (the command name): (end byte, function).
-    let mut path: Vec<(usize, usize)> = Vec::new();
-    let mut prev = "";
-    for (line, (stack, &c)) in all.iter().enumerate() {
-        let stack: &str = stack;
-        let Some(first_end) = stack.find(';') else {
-            path.clear();
-            prev = stack;
-            continue;
-        };
-        let l = common_prefix(prev.as_bytes(), stack.as_bytes());
-        let keep = path
-            .iter()
-            .take_while(|&&(end, _)| end < l || (end == l && stack.as_bytes().get(end).is_none_or(|&b| b == b';')))
-            .count();
-        path.truncate(keep);
-        let mut start = path.last().map_or(first_end, |&(end, _)| end) + 1;
-        while start <= stack.len() {
-            let end = frame_end(stack, start);
-            let name = &stack[start..end];
-            let f = *index.entry(name).or_insert_with(|| {
-                funcs.push(Func { name, self_n: 0, total_n: 0, line: usize::MAX });
-                funcs.len() - 1
-            });
-            path.push((end, f));
-            start = end + 1;
+    let all = one_fold(all);
+    let Some(names) = all.keys().next().map(|s| Arc::clone(&s.names)) else { return Vec::new() };
+    // By name id: self count, total count, the last stack counted in total (a function counts
+    // once per stack).
+    let mut funcs = vec![(0u64, 0u64, usize::MAX); names.len()];
+    for (i, (stack, &c)) in all.iter().enumerate() {
+        // Frames after the first (the command name).
+        let frames = stack.frames.get(1..).unwrap_or_default();
+        if let Some(&leaf) = frames.last() {
+            funcs[leaf as usize].0 += c;
         }
-        for &(_, f) in &path {
-            let f = &mut funcs[f];
-            if f.line != line {
-                f.total_n += c;
-                f.line = line;
+        for &f in frames {
+            let f = &mut funcs[f as usize];
+            if f.2 != i {
+                f.1 += c;
+                f.2 = i;
             }
         }
-        if let Some(&(_, leaf)) = path.last() {
-            funcs[leaf].self_n += c;
-        }
-        prev = stack;
     }
     let mut v: Vec<(String, f64, f64)> = funcs
         .iter()
-        .map(|f| (f.name.to_string(), f.self_n as f64 / total as f64, f.total_n as f64 / total as f64))
+        .zip(names.iter())
+        .filter(|(f, _)| f.2 != usize::MAX)
+        .map(|(f, name)| (name.to_string(), f.0 as f64 / total as f64, f.1 as f64 / total as f64))
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)));
     v.truncate(n);
@@ -658,7 +795,7 @@ mod tests {
 
     /// The fold as it was before stacks were folded once per (user, kernel) pair: per sample,
     /// every frame escaped and the line built and counted in "all" and in its phase.
-    fn reference_fold(raw: &RawProfile, cache: &UserFrames, kallsyms: &Kallsyms, comm: &str) -> Folded {
+    fn reference_fold(raw: &RawProfile, cache: &HashMap<i32, Vec<String>>, kallsyms: &Kallsyms, comm: &str) -> Folded {
         let mut out = Folded::default();
         let mut by_phase: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for (key, n) in &raw.samples {
@@ -688,7 +825,7 @@ mod tests {
             *by_phase.entry(phase_name.into()).or_default().entry(line).or_default() += n;
         }
         out.by_phase =
-            by_phase.into_iter().map(|(p, m)| (p, m.into_iter().map(|(l, n)| (Arc::from(l), n)).collect())).collect();
+            by_phase.into_iter().map(|(p, m)| (p, m.into_iter().map(|(l, n)| (Stack::from(l.as_str()), n)).collect())).collect();
         out
     }
 
@@ -717,7 +854,7 @@ mod tests {
     ///
     /// Odd seeds also use the name inferno reads as a count; one sample of `heavy` makes
     /// inferno leave out the frames narrower than `heavy` / 10,000.
-    fn tricky_profile(seed: u64, n: usize, heavy: u64) -> (RawProfile, UserFrames, Kallsyms) {
+    fn tricky_profile(seed: u64, n: usize, heavy: u64) -> (RawProfile, HashMap<i32, Vec<String>>, Kallsyms) {
         let names = if seed % 2 == 1 { TRICKY } else { &TRICKY[..TRICKY.len() - 1] };
         let mut x = seed;
         let mut rnd = move |m: usize| {
@@ -728,7 +865,7 @@ mod tests {
         };
         let kallsyms = Kallsyms::parse("ffffffff81000000 T entry;64\nffffffff81000100 t do_thing\nffffffff81000200 T schedule\n");
         let mut raw = RawProfile::default();
-        let mut cache = UserFrames::new();
+        let mut cache = HashMap::new();
         for id in 0..40 {
             let depth = 1 + rnd(5);
             let names_ = names;
@@ -760,21 +897,60 @@ mod tests {
         (raw, cache, kallsyms)
     }
 
+    fn user_frames(names: &HashMap<i32, Vec<String>>) -> UserFrames {
+        let mut cache = UserFrames::new();
+        for (&id, names) in names {
+            cache.insert(id, names);
+        }
+        cache
+    }
+
     fn same_folded(a: &Folded, b: &Folded) {
         assert_eq!((a.samples, a.no_user_stack, a.truncated, a.unit), (b.samples, b.no_user_stack, b.truncated, b.unit));
+        let text = |f: &Folded| -> Vec<(String, Vec<String>)> {
+            f.by_phase.iter().map(|(p, m)| (p.clone(), folded_lines(m))).collect()
+        };
+        assert_eq!(text(a), text(b));
+        // Stacks of different folds compare as their text.
         assert_eq!(a.by_phase, b.by_phase);
     }
 
     #[test]
     fn fold_matches_the_reference() {
         for seed in 1..200 {
-            let (raw, mut cache, kallsyms) = tricky_profile(seed, 1 + seed as usize % 90, seed * 100);
-            let expected = reference_fold(&raw, &cache, &kallsyms, "srv;1 x");
-            let folded = fold(&raw, &mut Symbolizer::new(), &mut cache, &kallsyms, "srv;1 x");
+            let (raw, names, kallsyms) = tricky_profile(seed, 1 + seed as usize % 90, seed * 100);
+            let expected = reference_fold(&raw, &names, &kallsyms, "srv;1 x");
+            let folded = fold(&raw, &mut Symbolizer::new(), &mut user_frames(&names), &kallsyms, "srv;1 x");
             same_folded(&folded, &expected);
         }
         let empty = fold(&RawProfile::default(), &mut Symbolizer::new(), &mut UserFrames::new(), &Kallsyms::default(), "x");
         assert!(empty.by_phase.is_empty() && empty.samples == 0);
+    }
+
+    #[test]
+    fn line_keys_sort_as_the_lines() {
+        let mut names = Names::default();
+        let mut x = 99u64;
+        let mut rnd = move |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        let stacks: Vec<Vec<u32>> =
+            (0..3000).map(|_| (0..rnd(7)).map(|_| names.intern(TRICKY[rnd(TRICKY.len())])).collect()).collect();
+        let keys = LineKeys::new(&names);
+        let key = |frames: &[u32]| {
+            let mut k = Vec::new();
+            keys.push(frames, &mut k);
+            k
+        };
+        let line = |frames: &[u32]| frames.iter().map(|&id| format!(";{}", names.name(id))).collect::<String>();
+        for a in &stacks[..300] {
+            for b in &stacks {
+                assert_eq!(key(a).cmp(&key(b)), line(a).cmp(&line(b)), "{:?} vs {:?}", line(a), line(b));
+            }
+        }
     }
 
     #[test]
@@ -785,15 +961,16 @@ mod tests {
         for seed in 1..40 {
             // From nothing left out to nearly everything.
             let heavy = [0, 1_000, 30_000, 100_000, 300_000, 1_000_000, 100_000_000][seed as usize % 7];
-            let (raw, mut cache, kallsyms) = tricky_profile(seed, 100 + seed as usize * 37 % 400, heavy);
-            let folded = fold(&raw, &mut Symbolizer::new(), &mut cache, &kallsyms, "srv");
+            let (raw, names, kallsyms) = tricky_profile(seed, 100 + seed as usize * 37 % 400, heavy);
+            let folded = fold(&raw, &mut Symbolizer::new(), &mut user_frames(&names), &kallsyms, "srv");
             assert!(folded.by_phase.len() == 5, "all + idle, prefill, decode, other: {:?}", folded.by_phase.keys());
             let (svg, folded_path) = (dir.join("cpu.svg"), dir.join("cpu.folded"));
             let written = write(&folded, Some(&svg), Some(&folded_path), "t").unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(written.len(), 10);
             for (phase_name, stacks) in &folded.by_phase {
-                match pruned_for_svg(stacks, inferno::flamegraph::Options::default().min_width) {
-                    Some(lines) if lines.len() < stacks.len() => pruned += 1,
+                let lines: Vec<(&Stack, u64)> = stacks.iter().map(|(s, &n)| (s, n)).collect();
+                match pruned_for_svg(&lines, inferno::flamegraph::Options::default().min_width) {
+                    Some((lines, _)) if lines.len() < stacks.len() => pruned += 1,
                     _ => not_pruned += 1,
                 }
                 // As before: one line string per stack, joined; the SVG from those lines on a
@@ -824,17 +1001,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn count_byte_counts() {
-        let mut s: Vec<u8> = (0..20_000u32).map(|i| if i % 3 == 0 { b';' } else { (i % 251) as u8 }).collect();
-        for end in [0, 1, 7, 8, 9, 2039, 2040, 2041, 4080, 20_000] {
-            assert_eq!(count_byte(&s[..end], b';'), s[..end].iter().filter(|&&b| b == b';').count(), "{end}");
-        }
-        s.fill(b';');
-        assert_eq!(count_byte(&s, b';'), 20_000);
-        assert_eq!(count_byte(&s, 0), 0);
-    }
-
     /// `top_functions` as it was: every frame of every line hashed, a set per line.
     fn reference_top_functions(folded: &Folded) -> Vec<(String, f64, f64)> {
         let Some(all) = folded.by_phase.get("all") else { return Vec::new() };
@@ -842,16 +1008,17 @@ mod tests {
         if total == 0 {
             return Vec::new();
         }
-        let mut self_n: HashMap<&str, u64> = HashMap::new();
-        let mut total_n: HashMap<&str, u64> = HashMap::new();
+        let mut self_n: HashMap<String, u64> = HashMap::new();
+        let mut total_n: HashMap<String, u64> = HashMap::new();
         for (stack, &c) in all {
-            let frames: Vec<&str> = stack.split(';').skip(1).collect();
+            let stack = stack.to_string();
+            let frames: Vec<String> = stack.split(';').skip(1).map(str::to_string).collect();
             if let Some(leaf) = frames.last() {
-                *self_n.entry(leaf).or_default() += c;
+                *self_n.entry(leaf.clone()).or_default() += c;
             }
             let mut seen = std::collections::HashSet::new();
             for f in frames {
-                if seen.insert(f) {
+                if seen.insert(f.clone()) {
                     *total_n.entry(f).or_default() += c;
                 }
             }
@@ -865,8 +1032,8 @@ mod tests {
     #[test]
     fn top_functions_matches_the_reference() {
         for seed in 1..100 {
-            let (raw, mut cache, kallsyms) = tricky_profile(seed, 1 + seed as usize % 90, seed * 100);
-            let mut folded = fold(&raw, &mut Symbolizer::new(), &mut cache, &kallsyms, "srv");
+            let (raw, names, kallsyms) = tricky_profile(seed, 1 + seed as usize % 90, seed * 100);
+            let mut folded = fold(&raw, &mut Symbolizer::new(), &mut user_frames(&names), &kallsyms, "srv");
             if seed % 3 == 0 {
                 // Lines of the command name alone, and empty frames.
                 let all = folded.by_phase.entry("all".into()).or_default();
@@ -892,7 +1059,7 @@ mod tests {
         let top = top_functions(&f, 3);
         assert_eq!(top[0].0, "a");
         assert!((top[0].1 - 0.7).abs() < 1e-9);
-        let main = top.iter().find(|t| t.0 == "main").unwrap();
+        let main = top.iter().find(|t| t.0 == "main").expect("main is on every stack");
         assert!((main.2 - 1.0).abs() < 1e-9 && main.1 == 0.0);
     }
 }
