@@ -22,7 +22,10 @@ pub struct RawProfile {
 /// Kernel symbols from /proc/kallsyms (addresses need root to be non-zero).
 #[derive(Debug, Default)]
 pub struct Kallsyms {
-    syms: Vec<(u64, String)>,
+    /// All names, one after another.
+    names: String,
+    /// (address, where its name starts in `names`, its length), by address.
+    syms: Vec<(u64, u32, u32)>,
 }
 
 impl Kallsyms {
@@ -31,24 +34,30 @@ impl Kallsyms {
         Self::parse(&text)
     }
 
+    /// `ADDRESS KIND NAME [\t[MODULE]]` lines; text symbols (`t`, `T`, `w`, `W`) at a non-zero address.
     pub fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-                let kind = it.next()?;
-                let name = it.next()?;
-                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then(|| (addr, name.to_string()))
-            })
-            .collect();
+        let mut names = String::with_capacity(text.len() / 2);
+        let mut syms = Vec::new();
+        for l in text.lines() {
+            let mut it = l.split_ascii_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+            if !matches!(kind, "t" | "T" | "w" | "W") {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+            if addr != 0 {
+                syms.push((addr, names.len() as u32, name.len() as u32));
+                names.push_str(name);
+            }
+        }
         syms.sort_unstable_by_key(|s| s.0);
-        Self { syms }
+        Self { names, syms }
     }
 
     pub fn lookup(&self, addr: u64) -> Option<&str> {
         let i = self.syms.partition_point(|s| s.0 <= addr);
-        (i > 0).then(|| self.syms[i - 1].1.as_str())
+        let &(_, start, len) = self.syms.get(i.checked_sub(1)?)?;
+        self.names.get(start as usize..(start + len) as usize)
     }
 }
 
@@ -58,18 +67,47 @@ impl Kallsyms {
 #[derive(Clone)]
 pub struct Stack {
     names: Arc<[Arc<str>]>,
-    frames: Arc<[u32]>,
+    /// The frames of all stacks of its fold; this one's are `all_frames[start..end]`.
+    all_frames: Arc<[u32]>,
+    start: u32,
+    end: u32,
     /// Position among the stacks of its fold, which are numbered in text order.
     rank: u32,
 }
 
 impl Stack {
+    fn frames(&self) -> &[u32] {
+        &self.all_frames[self.start as usize..self.end as usize]
+    }
+
     fn frame(&self, i: usize) -> &str {
-        &self.names[self.frames[i] as usize]
+        &self.names[self.frames()[i] as usize]
     }
 
     fn frame_names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.frames.iter().map(|&id| &*self.names[id as usize])
+        self.frames().iter().map(|&id| &*self.names[id as usize])
+    }
+
+    /// Stacks of one fold: `names`, and the frames of each stack, in text order.
+    fn fold_of(names: Arc<[Arc<str>]>, stacks: impl IntoIterator<Item = impl IntoIterator<Item = u32>>) -> Vec<Stack> {
+        let mut all_frames = Vec::new();
+        let mut bounds = Vec::new();
+        for frames in stacks {
+            let start = all_frames.len() as u32;
+            all_frames.extend(frames);
+            bounds.push((start, all_frames.len() as u32));
+        }
+        let all_frames: Arc<[u32]> = all_frames.into();
+        (0u32..)
+            .zip(bounds)
+            .map(|(rank, (start, end))| Stack {
+                names: Arc::clone(&names),
+                all_frames: Arc::clone(&all_frames),
+                start,
+                end,
+                rank,
+            })
+            .collect()
     }
 
     /// Appends the text of the first `n` frames.
@@ -90,7 +128,7 @@ impl Stack {
 impl std::fmt::Display for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut text = String::new();
-        self.push_text(self.frames.len(), &mut text);
+        self.push_text(self.frames().len(), &mut text);
         f.write_str(&text)
     }
 }
@@ -107,7 +145,7 @@ impl Ord for Stack {
             return self.rank.cmp(&other.rank);
         }
         // Stacks of different folds: as their text, frame by frame.
-        let (la, lb) = (self.frames.len(), other.frames.len());
+        let (la, lb) = (self.frames().len(), other.frames().len());
         for i in 0..la.min(lb) {
             let (a, b) = (self.frame(i), other.frame(i));
             if a != b {
@@ -136,8 +174,9 @@ impl Eq for Stack {}
 impl From<&str> for Stack {
     fn from(text: &str) -> Self {
         let mut names = Names::default();
-        let frames: Arc<[u32]> = text.split(';').map(|f| names.intern(f)).collect();
-        Stack { names: names.by_id.into(), frames, rank: 0 }
+        let frames: Vec<u32> = text.split(';').map(|f| names.intern(f)).collect();
+        let mut fold = Stack::fold_of(names.by_id.into(), [frames]);
+        fold.remove(0)
     }
 }
 
@@ -149,13 +188,9 @@ fn one_fold(stacks: &BTreeMap<Stack, u64>) -> std::borrow::Cow<'_, BTreeMap<Stac
         return std::borrow::Cow::Borrowed(stacks);
     }
     let mut names = Names::default();
-    let frames: Vec<Arc<[u32]>> =
-        stacks.keys().map(|s| s.frame_names().map(|f| names.intern(f)).collect()).collect();
-    let table: Arc<[Arc<str>]> = names.by_id.into();
-    let renumbered = (0u32..).zip(frames).zip(stacks.values());
-    std::borrow::Cow::Owned(
-        renumbered.map(|((rank, frames), &n)| (Stack { names: Arc::clone(&table), frames, rank }, n)).collect(),
-    )
+    let frames: Vec<Vec<u32>> = stacks.keys().map(|s| s.frame_names().map(|f| names.intern(f)).collect()).collect();
+    let renumbered = Stack::fold_of(names.by_id.into(), frames);
+    std::borrow::Cow::Owned(renumbered.into_iter().zip(stacks.values().copied()).collect())
 }
 
 /// Folded stacks per phase ("all" holds everything).
@@ -369,6 +404,8 @@ pub fn fold(
     let names = &*names;
     let mut out = Folded::default();
     let mut pair_index: HashMap<(i32, i32), usize> = HashMap::new();
+    // Whether a name is a thread's outermost frame, by name id (0: not looked at yet).
+    let mut root = vec![0u8; names.by_id.len()];
     let mut pairs: Vec<Pair> = Vec::new();
     for (key, n) in &raw.samples {
         let n = *n;
@@ -377,9 +414,15 @@ pub fn fold(
         match user {
             Some(frames) => {
                 // libc's own entry (__libc_start_call_main) is a local symbol: an unnamed libc root counts as complete.
-                if !frames.first().map(|&id| names.name(id)).is_some_and(|root| {
-                    THREAD_ROOTS.contains(&root) || root.starts_with("[unknown libc.so")
-                }) {
+                let complete = frames.first().is_some_and(|&id| {
+                    let known = &mut root[id as usize];
+                    if *known == 0 {
+                        let name = names.name(id);
+                        *known = if THREAD_ROOTS.contains(&name) || name.starts_with("[unknown libc.so") { 2 } else { 1 };
+                    }
+                    *known == 2
+                });
+                if !complete {
                     out.truncated += n;
                 }
             }
@@ -398,39 +441,50 @@ pub fn fold(
         let slot = (key.phase as usize).min(PHASE_SLOTS - 1);
         *pairs[i].counts[slot].get_or_insert(0) += n;
     }
-    // Sort once, by key; different stack ids can symbolize to the same line: merge those.
+    // Every pair's frames (the command name first) in one array, and its sort key.
     let line_keys = LineKeys::new(names);
+    let mut all_frames: Vec<u32> = Vec::new();
+    let mut bounds = Vec::with_capacity(pairs.len());
     let mut keys = Vec::new();
     let mut key_end = Vec::with_capacity(pairs.len() + 1);
     key_end.push(0);
-    let mut frames = Vec::new();
     for p in &pairs {
-        frames.clear();
-        frames.extend_from_slice(p.user);
-        frames.extend_from_slice(p.kernel);
-        line_keys.push(&frames, &mut keys);
+        let start = all_frames.len();
+        all_frames.push(comm);
+        all_frames.extend_from_slice(p.user);
+        all_frames.extend_from_slice(p.kernel);
+        bounds.push((start as u32, all_frames.len() as u32));
+        line_keys.push(&all_frames[start + 1..], &mut keys);
         key_end.push(keys.len());
     }
+    // Sort once, by key; different stack ids can symbolize to the same line: merge those.
     let key = |i: usize| &keys[key_end[i]..key_end[i + 1]];
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_unstable_by(|&a, &b| key(a).cmp(key(b)));
-    let table: Arc<[Arc<str>]> = names.by_id.as_slice().into();
+    let (names, all_frames): (Arc<[Arc<str>]>, Arc<[u32]>) = (names.by_id.as_slice().into(), all_frames.into());
     let mut stacks: Vec<(Stack, [Option<u64>; PHASE_SLOTS])> = Vec::with_capacity(pairs.len());
     for (k, &i) in order.iter().enumerate() {
         let p = &pairs[i];
-        if k > 0 && key(order[k - 1]) == key(i) {
-            if let Some((_, counts)) = stacks.last_mut() {
+        match stacks.last_mut() {
+            Some((_, counts)) if k > 0 && key(order[k - 1]) == key(i) => {
                 for (c, n) in counts.iter_mut().zip(p.counts) {
                     if let Some(n) = n {
                         *c.get_or_insert(0) += n;
                     }
                 }
             }
-            continue;
+            _ => {
+                let (start, end) = bounds[i];
+                let stack = Stack {
+                    names: Arc::clone(&names),
+                    all_frames: Arc::clone(&all_frames),
+                    start,
+                    end,
+                    rank: stacks.len() as u32,
+                };
+                stacks.push((stack, p.counts));
+            }
         }
-        let frames: Arc<[u32]> = [comm].iter().chain(p.user).chain(p.kernel).copied().collect();
-        let rank = stacks.len() as u32;
-        stacks.push((Stack { names: Arc::clone(&table), frames, rank }, p.counts));
     }
     if !stacks.is_empty() {
         let all = stacks.iter().map(|(s, c)| (s.clone(), c.iter().flatten().sum()));
@@ -520,7 +574,7 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
     }
     let total = lines.iter().try_fold(0u64, |t, l| t.checked_add(l.1))?;
     let as_is = |s: &Stack, n: usize| n > 0 && reads_as_is(s.frame(0), s.frame(n - 1));
-    if total == 0 || !lines.iter().all(|(s, _)| as_is(s, s.frames.len())) {
+    if total == 0 || !lines.iter().all(|(s, _)| as_is(s, s.frames().len())) {
         return None;
     }
     // inferno's own arithmetic, so that the same frames fall under it.
@@ -531,18 +585,18 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
     // "b count" as a and b do (inferno sorts whole lines): a's last name is where they part and
     // a prefix of b's name there, followed by a space or less.
     let shared = |a: &Stack, b: &Stack| -> Option<usize> {
-        let s = a.frames.iter().zip(b.frames.iter()).take_while(|(x, y)| x == y).count();
-        if s + 1 == a.frames.len() && s < b.frames.len() {
+        let s = a.frames().iter().zip(b.frames().iter()).take_while(|(x, y)| x == y).count();
+        if s + 1 == a.frames().len() && s < b.frames().len() {
             let (x, y) = (a.frame(s), b.frame(s));
             if y.starts_with(x) && y.as_bytes()[x.len()] <= b' ' {
                 return None;
             }
         }
         // b's frames a prefix of a's (or the same stack): not sorted.
-        (s < b.frames.len()).then_some(s)
+        (s < b.frames().len()).then_some(s)
     };
     // A frame at index `start`, pruned: its stack up to that frame's child.
-    let cut = |s: &Stack, start: usize| s.frames.len().min(start + 2);
+    let cut = |s: &Stack, start: usize| s.frames().len().min(start + 2);
     let mut out: Vec<(&Stack, usize, u64)> = Vec::new();
     let mut merged = Vec::new();
     let mut open = vec![Open { v: 0, first: 0, time: 0, out: 0 }];
@@ -557,11 +611,11 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
         time += n;
         // Frames of this line alone: count n.
         let own = prev_shared.max(next_shared);
-        if stack.frames.len() > own && pruned(n) {
+        if stack.frames().len() > own && pruned(n) {
             merged.push(out.len());
             out.push((stack, cut(stack, own), n));
         } else {
-            out.push((stack, stack.frames.len(), n));
+            out.push((stack, stack.frames().len(), n));
         }
         // Frames that end with this line.
         let mut last = None;
@@ -619,7 +673,7 @@ fn svg_lines(stacks: &BTreeMap<Stack, u64>, min_width: f64) -> (String, Vec<usiz
             return (text, ends);
         }
     }
-    lines_text(&all.iter().map(|&(s, n)| (s, s.frames.len(), n)).collect::<Vec<_>>())
+    lines_text(&all.iter().map(|&(s, n)| (s, s.frames().len(), n)).collect::<Vec<_>>())
 }
 
 /// One phase's folded file and SVG; returns the files written, in that order.
@@ -639,7 +693,7 @@ fn write_phase(
         let mut f = std::fs::File::create(&p)?;
         let mut buf = String::with_capacity((1 << 20) + (1 << 16));
         for (stack, n) in stacks {
-            stack.push_text(stack.frames.len(), &mut buf);
+            stack.push_text(stack.frames().len(), &mut buf);
             let _ = writeln!(buf, " {n}");
             if buf.len() >= 1 << 20 {
                 f.write_all(buf.as_bytes())?;
@@ -756,7 +810,7 @@ pub fn top_functions(folded: &Folded, n: usize) -> Vec<(String, f64, f64)> {
     let mut funcs = vec![(0u64, 0u64, usize::MAX); names.len()];
     for (i, (stack, &c)) in all.iter().enumerate() {
         // Frames after the first (the command name).
-        let frames = stack.frames.get(1..).unwrap_or_default();
+        let frames = stack.frames().get(1..).unwrap_or_default();
         if let Some(&leaf) = frames.last() {
             funcs[leaf as usize].0 += c;
         }
@@ -791,6 +845,32 @@ mod tests {
         assert_eq!(phase_path(Path::new("/o/cpu.svg"), "prefill"), PathBuf::from("/o/cpu.prefill.svg"));
         assert_eq!(phase_path(Path::new("/o/cpu.svg"), "all"), PathBuf::from("/o/cpu.svg"));
         assert_eq!(phase_path(Path::new("/o/stacks"), "decode"), PathBuf::from("/o/stacks.decode"));
+    }
+
+    #[test]
+    fn kallsyms_as_before() {
+        // The parser as it was: a String per symbol.
+        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default()
+            + "ffffffff81000000 t with_module\t[mod]\nzz T bad_address\nffffffff81000010 d data\n0 T\n";
+        let mut before: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?;
+                let name = it.next()?;
+                (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then(|| (addr, name.to_string()))
+            })
+            .collect();
+        before.sort_unstable_by_key(|s| s.0);
+        let k = Kallsyms::parse(&text);
+        assert_eq!(k.syms.len(), before.len());
+        for (i, (addr, name)) in before.iter().enumerate().step_by(7) {
+            // Equal addresses: either name (the sort is unstable in both).
+            let same_addr = |n: &str| before.iter().skip(i.saturating_sub(50)).take(100).any(|b| b.0 == *addr && b.1 == n);
+            let got = k.lookup(*addr).unwrap_or_default();
+            assert!(got == name || same_addr(got), "{addr:x}: {got} vs {name}");
+        }
     }
 
     /// The fold as it was before stacks were folded once per (user, kernel) pair: per sample,
