@@ -531,19 +531,39 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     i + a[i..].iter().zip(&b[i..]).take_while(|(x, y)| x == y).count()
 }
 
-/// Whether inferno reads `stack count` as exactly that stack and count, for a stack whose
-/// first frame is `first` and last `last`: no whitespace for its `trim` at either end, not a
-/// `# ` comment, no empty first frame, and nothing after the last space that it would take for
-/// a second (differential) count column.
-fn reads_as_is(first: &str, last: &str) -> bool {
-    let b = last.as_bytes();
-    let tail = b.iter().rposition(|&c| c == b' ').map_or(0, |p| p + 1);
-    let count_like = tail > 0 && b[tail..].iter().all(|&c| c.is_ascii_digit() || c == b'.');
-    !first.is_empty()
-        && !first.starts_with(char::is_whitespace)
-        && !first.starts_with("# ")
-        && !last.ends_with(char::is_whitespace)
-        && !count_like
+/// Whether inferno reads `stack count` as exactly that stack and count, by what its first and
+/// last frame names allow: no whitespace for its `trim` at either end, not a `# ` comment, no
+/// empty first frame, and nothing after the last space that it would take for a second
+/// (differential) count column. Remembered per name id.
+struct ReadsAsIs<'a> {
+    names: &'a [Arc<str>],
+    /// Per name id: bit 0 looked at, bit 1 fine first, bit 2 fine last.
+    known: Vec<u8>,
+}
+
+impl ReadsAsIs<'_> {
+    fn flags(&mut self, id: u32) -> u8 {
+        let known = &mut self.known[id as usize];
+        if *known == 0 {
+            let name: &str = &self.names[id as usize];
+            let b = name.as_bytes();
+            let tail = b.iter().rposition(|&c| c == b' ').map_or(0, |p| p + 1);
+            let count_like = tail > 0 && b[tail..].iter().all(|&c| c.is_ascii_digit() || c == b'.');
+            let first = !name.is_empty() && !name.starts_with(char::is_whitespace) && !name.starts_with("# ");
+            let last = !name.ends_with(char::is_whitespace) && !count_like;
+            *known = 1 | u8::from(first) << 1 | u8::from(last) << 2;
+        }
+        *known
+    }
+
+    /// The first `n` frames of `s`.
+    fn line(&mut self, s: &Stack, n: usize) -> bool {
+        let frames = &s.frames()[..n];
+        match (frames.first(), frames.last()) {
+            (Some(&first), Some(&last)) => self.flags(first) & 2 != 0 && self.flags(last) & 4 != 0,
+            _ => false,
+        }
+    }
 }
 
 /// One phase's stacks as inferno needs them for the same SVG, with every frame that inferno
@@ -573,8 +593,9 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
         out: usize,
     }
     let total = lines.iter().try_fold(0u64, |t, l| t.checked_add(l.1))?;
-    let as_is = |s: &Stack, n: usize| n > 0 && reads_as_is(s.frame(0), s.frame(n - 1));
-    if total == 0 || !lines.iter().all(|(s, _)| as_is(s, s.frames().len())) {
+    let names = &lines.first()?.0.names;
+    let mut as_is = ReadsAsIs { names, known: vec![0; names.len()] };
+    if total == 0 {
         return None;
     }
     // inferno's own arithmetic, so that the same frames fall under it.
@@ -603,6 +624,9 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
     let mut time = 0u64;
     let mut prev_shared = 0;
     for (i, &(stack, n)) in lines.iter().enumerate() {
+        if !as_is.line(stack, stack.frames().len()) {
+            return None;
+        }
         let next_shared = match lines.get(i + 1) {
             Some(next) => shared(stack, next.0)?,
             None => 0,
@@ -640,10 +664,44 @@ fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec
         prev_shared = next_shared;
     }
     // The cut lines must read as they are (their order is checked once they are written).
-    if !merged.iter().all(|&m| as_is(out[m].0, out[m].1)) {
+    if !merged.iter().all(|&m| as_is.line(out[m].0, out[m].1)) {
         return None;
     }
     Some((out, merged))
+}
+
+/// Writes stacks as text, one after another: sorted stacks share their first frames, so only
+/// the frames after those the previous stack shares are copied again.
+#[derive(Default)]
+struct StackText<'a> {
+    text: String,
+    /// Where each frame of `text` ends.
+    ends: Vec<usize>,
+    prev: Option<&'a Stack>,
+}
+
+impl<'a> StackText<'a> {
+    /// The first `n` frames of `s`.
+    fn set(&mut self, s: &'a Stack, n: usize) -> &str {
+        let frames = &s.frames()[..n];
+        let keep = match self.prev {
+            Some(p) if p.same_fold(s) => {
+                frames.iter().zip(p.frames()).take_while(|(a, b)| a == b).count().min(self.ends.len())
+            }
+            _ => 0,
+        };
+        self.ends.truncate(keep);
+        self.text.truncate(self.ends.last().copied().unwrap_or(0));
+        for &id in &frames[keep..] {
+            if !self.ends.is_empty() {
+                self.text.push(';');
+            }
+            self.text.push_str(&s.names[id as usize]);
+            self.ends.push(self.text.len());
+        }
+        self.prev = Some(s);
+        &self.text
+    }
 }
 
 /// `stack count` lines in one string, and where each ends.
@@ -651,8 +709,9 @@ fn lines_text(lines: &[(&Stack, usize, u64)]) -> (String, Vec<usize>) {
     use std::fmt::Write as _;
     let mut text = String::new();
     let mut ends = Vec::with_capacity(lines.len());
+    let mut stack = StackText::default();
     for &(s, frames, n) in lines {
-        s.push_text(frames, &mut text);
+        text.push_str(stack.set(s, frames));
         let _ = write!(text, " {n}");
         ends.push(text.len());
         text.push('\n');
@@ -692,8 +751,9 @@ fn write_phase(
         // Streamed: the lines are already in order, no need to hold the file in memory.
         let mut f = std::fs::File::create(&p)?;
         let mut buf = String::with_capacity((1 << 20) + (1 << 16));
+        let mut text = StackText::default();
         for (stack, n) in stacks {
-            stack.push_text(stack.frames().len(), &mut buf);
+            buf.push_str(text.set(stack, stack.frames().len()));
             let _ = writeln!(buf, " {n}");
             if buf.len() >= 1 << 20 {
                 f.write_all(buf.as_bytes())?;
