@@ -769,18 +769,28 @@ fn write_phase(
         let mut opts = inferno::flamegraph::Options::default();
         opts.title = format!("{title} — {phase_name}, {count} {}", folded.unit_name());
         opts.count_name = folded.unit_name().to_string();
-        let (text, ends) = svg_lines(stacks, opts.min_width);
         let mut f = std::io::BufWriter::new(std::fs::File::create(&p)?);
-        let lines = ends.iter().scan(0, |start, &end| {
-            let line = &text[*start..end];
-            *start = end + 1;
-            Some(line)
-        });
-        inferno::flamegraph::from_lines(&mut opts, lines, &mut f)?;
+        svg_of(stacks, &mut opts, &mut f)?;
         f.flush()?;
         written.push(p);
     }
     Ok(written)
+}
+
+/// The inferno flamegraph of `stacks` (what `inferno::flamegraph::from_lines` draws from their
+/// folded lines, byte for byte), without handing inferno the frames it would not draw.
+pub fn svg_of(
+    stacks: &BTreeMap<Stack, u64>,
+    opts: &mut inferno::flamegraph::Options,
+    out: impl std::io::Write,
+) -> std::io::Result<()> {
+    let (text, ends) = svg_lines(stacks, opts.min_width);
+    let lines = ends.iter().scan(0, |start, &end| {
+        let line = &text[*start..end];
+        *start = end + 1;
+        Some(line)
+    });
+    inferno::flamegraph::from_lines(opts, lines, out)
 }
 
 /// Writes one SVG (and folded file) per phase that has samples; returns the files written.
