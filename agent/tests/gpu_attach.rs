@@ -13,8 +13,7 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -91,64 +90,6 @@ impl Drop for CudaServer {
     }
 }
 
-/// `inferscope attach` with its stderr followed line by line.
-struct AgentRun {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-    json: PathBuf,
-}
-
-impl AgentRun {
-    fn start(pid: u32, json: &Path, extra: &[&str], env: &[(&str, &Path)]) -> AgentRun {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferscope"));
-        cmd.args(["attach", "--pid", &pid.to_string(), "--quiet", "--json"]).arg(json).args(extra);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let lines = lines_of(child.stderr.take().unwrap());
-        let mut run = AgentRun { child, lines, log: Vec::new(), json: json.to_path_buf() };
-        run.wait_for("attached to pid", Duration::from_secs(30));
-        run
-    }
-
-    /// Waits until a line containing `needle` was logged (now or before).
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        if self.log.iter().any(|l| l.contains(needle)) {
-            return;
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < timeout {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                let hit = l.contains(needle);
-                self.log.push(l);
-                if hit {
-                    return;
-                }
-            } else if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("inferscope exited ({st}) before `{needle}`: {:#?}", self.log);
-            }
-        }
-        panic!("no `{needle}` from inferscope in {timeout:?}: {:#?}", self.log);
-    }
-
-    /// SIGINT; returns the JSON report and the terminal report (stdout).
-    fn stop(mut self) -> (Value, String) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().unwrap();
-        let mut out = String::new();
-        let _ = self.child.stdout.as_mut().unwrap().read_to_string(&mut out);
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
-            self.log.push(l);
-        }
-        assert!(status.success(), "inferscope failed ({status}): {out}\n{:#?}", self.log);
-        let text = std::fs::read_to_string(&self.json).expect("JSON report");
-        (serde_json::from_str(&text).unwrap(), out)
-    }
-}
-
 fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_f64)
 }
@@ -165,7 +106,7 @@ fn per_request_and_per_stage_gpu_and_cuda_calls_match_the_script() {
 
     let json = dir.join("report.json");
     let nvml = standins.nvml.to_str().unwrap();
-    let mut agent = AgentRun::start(
+    let mut agent = Agent::attach_with_env(
         pid,
         &json,
         &["--profile", "cuda", "--gpu-hz", "20", "--nvml-library", nvml],
@@ -181,7 +122,7 @@ fn per_request_and_per_stage_gpu_and_cuda_calls_match_the_script() {
     let load = testbed::run_load(&server.addr(), REQUESTS, 1, false, QUERY, "g").unwrap();
     assert_eq!(load.errors, 0, "{:?}", load.results);
     std::thread::sleep(Duration::from_millis(300));
-    let (report, text) = agent.stop();
+    let (report, text) = agent.stop_with_stdout();
     let truth = server.truth();
     assert_eq!(truth.len(), REQUESTS);
     let got = requests_by_path(&report);
@@ -271,7 +212,7 @@ fn without_nvml_gpu_is_off_with_the_reason_and_the_rest_works() {
     let state = dir.join("nvml.state");
     let server = CudaServer::start(&dir, &standins.cudart, &state);
     let missing = dir.join("no-such-dir/libnvidia-ml.so.1");
-    let mut agent = AgentRun::start(
+    let mut agent = Agent::attach_with_env(
         server.child.id(),
         &dir.join("report.json"),
         &["--profile", "cuda", "--nvml-library", missing.to_str().unwrap()],
@@ -283,7 +224,7 @@ fn without_nvml_gpu_is_off_with_the_reason_and_the_rest_works() {
     let load = testbed::run_load(&server.addr(), 2, 1, false, "prefill_ms=100&tokens=3&interval_ms=10", "off").unwrap();
     assert_eq!(load.errors, 0);
     std::thread::sleep(Duration::from_millis(200));
-    let (report, text) = agent.stop();
+    let (report, text) = agent.stop_with_stdout();
     let gpu = &report["gpu"];
     assert_eq!(gpu["status"]["enabled"], false);
     let reason = gpu["status"]["reason"].as_str().unwrap();

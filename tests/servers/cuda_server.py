@@ -29,18 +29,17 @@ GPU script: utilization set at each phase change with its CLOCK_MONOTONIC time.
 
 import argparse
 import ctypes
-import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sse_server import content_json, finish_json, sse_frame  # noqa: E402
+from sse_server import Server, TruthLog, content_json, finish_json, sse_frame  # noqa: E402
 
 PREFILL_UTIL, DECODE_UTIL, IDLE_UTIL = 90, 30, 5
 PREFILL_PROC_SM, DECODE_PROC_SM = 85, 25
@@ -124,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         with self.server.script.owner:
             record = self._complete(url.path, request_ns, q)
-        self.server.truth(record)
+        self.server.truth.append(record)
 
     def _simple(self, body):
         self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
@@ -208,16 +207,6 @@ class Handler(BaseHTTPRequestHandler):
         }
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self):
-        import socketserver
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=0)
@@ -229,15 +218,7 @@ def main():
     server = Server(("127.0.0.1", args.port), Handler)
     server.cuda = Cuda(args.cudart)
     server.script = GpuScript(args.gpu_state, os.getpid())
-    out = open(args.truth, "w", encoding="utf-8")
-    lock = threading.Lock()
-
-    def truth(record):
-        with lock:
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
-            out.flush()
-
-    server.truth = truth
+    server.truth = TruthLog(args.truth)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:

@@ -118,39 +118,50 @@ pub struct Agent {
 impl Agent {
     /// Starts `inferscope attach --pid PID` and waits until its probes are attached.
     pub fn attach(pid: u32, json: &Path, extra: &[&str]) -> Agent {
+        Self::attach_with_env(pid, json, extra, &[])
+    }
+
+    /// [`Agent::attach`] with extra environment variables for the agent.
+    pub fn attach_with_env(pid: u32, json: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_inferscope"))
             .args(["attach", "--pid", &pid.to_string(), "--quiet", "--json"])
             .arg(json)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let rx = lines_of(child.stderr.take().unwrap());
         let mut agent = Agent { child, json: json.to_path_buf(), stderr_lines: rx, log: Vec::new() };
+        agent.wait_for("attached to pid", Duration::from_secs(30));
+        agent
+    }
+
+    /// Waits until the agent logged (now or before) a line containing `needle`; panics with the
+    /// log if it exits or `timeout` passes first.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        if self.log.iter().any(|l| l.contains(needle)) {
+            return;
+        }
         let t0 = Instant::now();
         loop {
-            match agent.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+            match self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(l) => {
-                    let done = l.contains("attached to pid");
-                    agent.log.push(l);
+                    let done = l.contains(needle);
+                    self.log.push(l);
                     if done {
-                        break;
+                        return;
                     }
                 }
                 Err(_) => {
-                    if let Ok(Some(status)) = agent.child.try_wait() {
-                        panic!("inferscope exited before attaching ({status}): {:?}", agent.drain_log());
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!("inferscope exited ({status}) before `{needle}`: {:?}", self.drain_log());
                     }
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(30),
-                        "inferscope did not attach in 30 s: {:?}",
-                        agent.log
-                    );
+                    assert!(t0.elapsed() < timeout, "no `{needle}` from inferscope in {timeout:?}: {:?}", self.log);
                 }
             }
         }
-        agent
     }
 
     fn drain_log(&mut self) -> Vec<String> {
@@ -162,20 +173,29 @@ impl Agent {
 
     /// SIGINT, wait for the report, return the parsed JSON.
     pub fn stop(self) -> serde_json::Value {
+        self.stop_with_stdout().0
+    }
+
+    /// SIGINT, wait for the report; the parsed JSON and the terminal report (stdout).
+    pub fn stop_with_stdout(self) -> (serde_json::Value, String) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.wait_report()
+        self.wait_report_with_stdout()
     }
 
     /// Waits for the agent to end by itself (duration, target exit) and returns its JSON.
-    pub fn wait_report(mut self) -> serde_json::Value {
+    pub fn wait_report(self) -> serde_json::Value {
+        self.wait_report_with_stdout().0
+    }
+
+    fn wait_report_with_stdout(mut self) -> (serde_json::Value, String) {
         let status = self.child.wait().unwrap();
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out);
         let log = self.drain_log();
         assert!(status.success(), "inferscope failed ({status}): stdout {out}\nstderr {log:?}");
         let text = std::fs::read_to_string(&self.json).unwrap_or_else(|e| panic!("no JSON report ({e}); stdout {out}"));
-        serde_json::from_str(&text).unwrap()
+        (serde_json::from_str(&text).unwrap(), out)
     }
 }
 
