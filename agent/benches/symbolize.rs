@@ -19,19 +19,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use inferscope::profile::{symbolize_new, RawProfile, UserFrames};
 use inferscope::symbols::{modules, ElfSymbols, Symbolizer};
 
-/// Deterministic xorshift64*: the same addresses and stacks on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::Rng;
 
 /// Runtime addresses inside sized functions of each executable module of this process, by
 /// module file name: the middle of each function, as a sampled instruction pointer would be.
