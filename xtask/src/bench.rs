@@ -316,7 +316,7 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
 }
 
 /// Bench steps `cargo xtask bench --only STEP[,STEP…]` can pick; all of them by default.
-pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "criterion"];
+pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "capture", "criterion"];
 
 /// Runs the selected steps (all when `only` is empty), in the order of [`STEPS`].
 pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> Result<()> {
@@ -335,6 +335,9 @@ pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> R
     }
     if want("daemon") {
         crate::daemon_bench::run(rounds)?;
+    }
+    if want("capture") {
+        crate::capture_bench::run(rounds)?;
     }
     if want("criterion") {
         step("bench: criterion (decode throughput, symbolization throughput, flamegraph rendering)");

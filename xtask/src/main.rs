@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod capture_bench;
 mod daemon_bench;
 mod llama;
 
@@ -43,6 +44,10 @@ enum Cmd {
         /// Run only these steps (comma-separated or repeated), e.g. `--only cpu`.
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::STEPS))]
         only: Vec<String>,
+        /// Measure the binaries already built (e.g. an older agent through INFERSCOPE_BIN for the
+        /// capture step): skip setup and build.
+        #[arg(long)]
+        no_build: bool,
     },
     /// setup + build, then attach to a bundled example server, drive streamed requests, report.
     Demo {
@@ -76,9 +81,11 @@ fn main() -> Result<()> {
             println!("{}\n{}", l.server.display(), l.model.display());
             Ok(())
         }
-        Cmd::Bench { rounds, only } => {
-            setup()?;
-            build()?;
+        Cmd::Bench { rounds, only, no_build } => {
+            if !no_build {
+                setup()?;
+                build()?;
+            }
             bench::run_selected(&root, rounds, &only)
         }
         Cmd::Demo { requests, json } => {
@@ -151,8 +158,12 @@ fn setup() -> Result<()> {
         ("prometheus", "prometheus"),
         ("setpriv", "util-linux"),
     ];
-    let missing: Vec<&str> =
+    let mut missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();
+    // The io_uring test server (tests/targets/uring_sse.c) builds against liburing: a header, no binary.
+    if !Path::new("/usr/include/liburing.h").exists() {
+        missing.push("liburing-dev");
+    }
     if !missing.is_empty() {
         run(Command::new("apt-get").arg("update").arg("-q"))?;
         run(Command::new("apt-get")
