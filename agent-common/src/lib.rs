@@ -21,6 +21,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const TARGETS: &str = "TARGETS";
     pub const CONNS: &str = "CONNS";
+    pub const FD_CONNS: &str = "FD_CONNS";
     pub const ARGS: &str = "ARGS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const STAGE_EVENTS: &str = "STAGE_EVENTS";
@@ -33,6 +34,38 @@ pub mod maps {
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const WATCH_COMMS: &str = "WATCH_COMMS";
+    pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const PASSIVE: &str = "PASSIVE";
+    pub const CONN_IDS: &str = "CONN_IDS";
+}
+
+/// Names of the `.rodata` globals the loader sets before loading (kernel struct layouts read from
+/// the running kernel's BTF, and this architecture's syscall numbers). The programs read them
+/// with `read_volatile`, so the verifier sees the loaded values, never a compile-time guess.
+pub mod globals {
+    /// Offset of `struct sock`'s `__sk_common.skc_num` (local port, host order, u16).
+    pub const SK_NUM_OFF: &str = "SK_NUM_OFF";
+    /// Offset of `struct sock`'s `sk_protocol` (u16).
+    pub const SK_PROTOCOL_OFF: &str = "SK_PROTOCOL_OFF";
+    /// Offsets in `struct pt_regs` of the syscall number and the second and third arguments.
+    pub const REGS_NR_OFF: &str = "REGS_NR_OFF";
+    pub const REGS_ARG1_OFF: &str = "REGS_ARG1_OFF";
+    pub const REGS_ARG2_OFF: &str = "REGS_ARG2_OFF";
+    /// This architecture's numbers of the socket I/O syscalls, packed by [`super::syscall_nr`].
+    pub const SYSCALL_NRS: &str = "SYSCALL_NRS";
+}
+
+/// Indices into the `SYSCALL_NRS` global (numbers differ per architecture; the loader fills them).
+pub mod syscall_nr {
+    pub const READ: usize = 0;
+    pub const WRITE: usize = 1;
+    pub const READV: usize = 2;
+    pub const WRITEV: usize = 3;
+    pub const RECVFROM: usize = 4;
+    pub const SENDTO: usize = 5;
+    pub const RECVMSG: usize = 6;
+    pub const SENDMSG: usize = 7;
+    pub const COUNT: usize = 8;
 }
 
 /// Capacity of the kernel maps (`max_entries`). Each has a counter for inserts it refused.
@@ -54,6 +87,11 @@ pub mod limits {
     pub const PROC_EVENTS_BYTES: u32 = 1 << 18;
     /// Exact process names (comm) the daemon follows from the moment of exec.
     pub const WATCH_COMMS: u32 = 256;
+    /// Listening TCP ports of followed processes (socket capture: a followed process's socket
+    /// whose local port is one of these is a connection it accepted).
+    pub const LISTEN_PORTS: u32 = 1024;
+    /// Connections established on a followed port since attach, not yet claimed by a read (LRU).
+    pub const PASSIVE: u32 = 16384;
 }
 
 /// Indices of the `SETTINGS` array (userspace switches, all 0 = off).
@@ -75,8 +113,12 @@ pub enum EventKind {
     Write = 2,
     /// The target accepted a connection; `len` is unused, `fd` is the new socket.
     Accept = 3,
-    /// The target closed a tracked connection.
+    /// The target closed a tracked connection (syscall capture: `close(2)`; socket capture: the
+    /// TCP state left ESTABLISHED/CLOSE_WAIT on the server's side, or the socket went away).
     Close = 4,
+    /// Socket capture: a connection that was open before we attached, first seen now (its first
+    /// captured read follows): the parser resynchronises on the next request head.
+    Joined = 5,
 }
 
 impl EventKind {
@@ -86,27 +128,53 @@ impl EventKind {
             2 => Some(Self::Write),
             3 => Some(Self::Accept),
             4 => Some(Self::Close),
+            5 => Some(Self::Joined),
             _ => None,
         }
     }
 }
 
-/// Header of every ring-buffer record; `captured` payload bytes follow it directly.
+/// Header of every ring-buffer record; `captured` payload bytes follow it directly (the record
+/// may be longer: socket capture reserves records in a few fixed size classes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
-    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`). Reads: when the syscall returned (the data is
-    /// there). Writes: when the syscall was entered (when the server handed the bytes over).
+    /// CLOCK_MONOTONIC ns (`bpf_ktime_get_ns`). Reads: when the data was in the server's hands
+    /// (syscall exit / `sock_recv_length`). Writes: syscall capture: when the server entered the
+    /// syscall; socket capture: when the socket layer had taken the bytes (`sock_send_length`).
     pub ts_ns: u64,
-    /// Bytes the syscall moved (its return value); may exceed `captured`.
+    /// Bytes the call moved (its return value); may exceed `captured`.
     pub len: u64,
+    /// The connection: socket capture: an id the kernel gave it when it first saw it (never
+    /// reused); syscall capture: the file descriptor.
+    pub conn: u64,
     pub tgid: u32,
     pub tid: u32,
-    pub fd: i32,
     /// An [`EventKind`] as u16.
     pub kind: u16,
     /// Payload bytes that follow the header (`<= MAX_CAPTURE`, `<= len`).
     pub captured: u16,
+    /// [`event_flag`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod event_flag {
+    /// The call's buffer could not be located (io_uring, sendfile/splice, a kernel worker: no
+    /// syscall registers that describe it): `len` is exact, no bytes were captured.
+    pub const NO_PAYLOAD: u32 = 1;
+}
+
+/// What the socket-capture map `CONNS` holds per followed `struct sock *`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Unique id given when the connection was first seen (`EventHeader::conn`).
+    pub id: u64,
+    /// The followed process that read from it first.
+    pub tgid: u32,
+    /// Set once a Close record was sent.
+    pub closed: u32,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -167,6 +235,16 @@ pub mod counter {
     pub const OFFCPU_FULL: u32 = 15;
     /// Exec/exit records the `PROC_EVENTS` ring buffer refused (the reconcile scan catches them).
     pub const PROC_LOST: u32 = 16;
+    /// Socket capture: socket I/O of followed connections whose buffer could not be located
+    /// (io_uring, sendfile, kernel workers): sent as length-only records.
+    pub const NO_PAYLOAD: u32 = 17;
+    /// Socket capture: connections of followed processes first seen by a read (claimed).
+    pub const CLAIMED: u32 = 18;
+    /// Socket capture: `LISTEN_PORTS` full when a followed process started listening.
+    pub const LISTEN_PORTS_FULL: u32 = 19;
+    /// Multi-segment buffers (readv/writev/sendmsg with several iovecs) copied through the
+    /// per-CPU scratch area instead of straight into the ring record.
+    pub const SCRATCH_COPIES: u32 = 20;
     pub const COUNT: u32 = 24;
 
     pub const fn lost_for_kind(kind: u16) -> u32 {
@@ -259,7 +337,7 @@ pub struct ProcEvent {
     pub kind: u32,
 }
 
-/// Key of `CONNS`: the connection `(tgid, fd)` packed in one u64.
+/// Key of `FD_CONNS` (syscall capture): the connection `(tgid, fd)` packed in one u64.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: i32) -> u64 {
     ((tgid as u64) << 32) | (fd as u32 as u64)
@@ -276,4 +354,5 @@ mod user {
     unsafe impl aya::Pod for super::SampleKey {}
     unsafe impl aya::Pod for super::OffCpuStart {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::ConnInfo {}
 }

@@ -17,21 +17,21 @@ fn stream_records(conns: i32, tokens: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut ts = 0u64;
     for fd in 0..conns {
-        out.push(encode(EventKind::Accept, ts, 1, fd, 0, b""));
-        out.push(encode(EventKind::Read, ts, 1, fd, req.len() as u64, req));
-        out.push(encode(EventKind::Write, ts, 1, fd, head.len() as u64, head));
+        out.push(encode(EventKind::Accept, ts, 1, fd as u64, 0, b""));
+        out.push(encode(EventKind::Read, ts, 1, fd as u64, req.len() as u64, req));
+        out.push(encode(EventKind::Write, ts, 1, fd as u64, head.len() as u64, head));
     }
     for i in 0..tokens {
         for fd in 0..conns {
             ts += 7_000;
             let f = frame(&format!(" tok{i}"));
-            out.push(encode(EventKind::Write, ts, 1, fd, f.len() as u64, &f));
+            out.push(encode(EventKind::Write, ts, 1, fd as u64, f.len() as u64, &f));
         }
     }
     for fd in 0..conns {
         let done = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
-        out.push(encode(EventKind::Write, ts, 1, fd, done.len() as u64, done));
-        out.push(encode(EventKind::Close, ts, 1, fd, 0, b""));
+        out.push(encode(EventKind::Write, ts, 1, fd as u64, done.len() as u64, done));
+        out.push(encode(EventKind::Close, ts, 1, fd as u64, 0, b""));
     }
     out
 }

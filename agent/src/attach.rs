@@ -34,6 +34,11 @@ pub struct AttachOptions {
     pub offcpu: bool,
     /// Sample NVML and join it to requests and stages; None = no GPU telemetry.
     pub gpu: Option<crate::gpu::GpuOptions>,
+    /// Stream capture path (socket layer by default, syscall tracepoints as the fallback).
+    pub capture: crate::capture::CaptureChoice,
+    /// Keep request paths as they were sent (they may carry IDs, keys or e-mail addresses);
+    /// by default every output shows the route template instead.
+    pub raw_paths: bool,
 }
 
 impl Default for AttachOptions {
@@ -49,6 +54,8 @@ impl Default for AttachOptions {
             sample_hz: None,
             offcpu: false,
             gpu: None,
+            capture: crate::capture::CaptureChoice::Auto,
+            raw_paths: false,
         }
     }
 }
@@ -61,15 +68,13 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     let exited = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot poll the target's pidfd: {e}"))?;
 
-    let mut probes = SocketProbes::load(opts.ring_bytes)?;
-    probes.add_target(opts.pid)?;
+    let mut probes = SocketProbes::load(opts.ring_bytes, opts.capture.with_env())?;
     let mut tracker = Tracker::new();
-    // Probes are attached first, so a connection accepted from here on is seen by the accept
-    // tracepoint; connections already open are seeded from /proc.
-    let existing = procfs::inbound_connection_fds(opts.pid);
-    for &fd in &existing {
-        probes.track_connection(opts.pid, fd)?;
-        tracker.add_existing(opts.pid, fd);
+    // Probes are attached first, so a connection accepted from here on is seen; connections
+    // already open are found (socket capture: at their next read; syscalls: from /proc now).
+    let existing = probes.follow(opts.pid)?;
+    for &conn in &existing {
+        tracker.add_existing(opts.pid, conn);
     }
     let mut ring = probes.take_events()?;
     let mut resolver = (!opts.stages.is_empty()).then(|| StageResolver::new(opts.pid, opts.stages.clone()));
@@ -98,10 +103,15 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     let mut symbolizer = crate::symbols::Symbolizer::new();
     let mut user_frames = crate::profile::UserFrames::new();
     log::info!(
-        "attached to pid {} ({}), following {} open inbound connection(s)",
+        "attached to pid {} ({}), capture: {}{}",
         opts.pid,
         target.comm,
-        existing.len()
+        probes.mode.name(),
+        if existing.is_empty() {
+            String::new()
+        } else {
+            format!(", following {} open inbound connection(s)", existing.len())
+        }
     );
 
     let started = Instant::now();
@@ -110,7 +120,10 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    // Both listeners live across loop turns: a signal that arrives while a turn drains the rings
+    // is kept for the next `select!`, never lost.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let tty = std::io::stderr().is_terminal();
 
     let mut kept: Vec<RequestRecord> = Vec::new();
@@ -189,7 +202,7 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
                 let _ = err.flush();
             }
             _ = exited.readable() => break "target exited",
-            _ = tokio::signal::ctrl_c() => break "interrupted",
+            _ = sigint.recv() => break "interrupted",
             _ = sigterm.recv() => break "interrupted",
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break "duration",
         }
@@ -202,9 +215,17 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     if let Some(sr) = &mut stage_ring {
         drain_stages(sr, &mut collector);
     }
-    if ended_by == "target exited" {
-        // Its sockets were closed by the kernel, not by close(2): no Close events will come.
-        tracker.forget_process(opts.pid);
+    // Streams still open now never end inside this run: socket capture has their close records
+    // when the target exited (the kernel closed its sockets); syscall capture does not see those
+    // closes. Either way what is left comes out as partial records, with why.
+    let reason = if ended_by == "target exited" { "target exited mid-stream" } else { "run ended mid-stream" };
+    tracker.finish_all(reason, &mut finished);
+    for f in finished.drain(..) {
+        if kept.len() < opts.max_requests {
+            kept.push(f.record);
+        } else {
+            not_kept += 1;
+        }
     }
     let kernel = probes.counters();
     let cpu_profile = match opts.sample_hz {
@@ -217,10 +238,17 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     if let Some(g) = &mut gpu {
         g.stop_sampling();
     }
-    let _ = probes.remove_target(opts.pid);
+    let capture = crate::report::CaptureInfo { mode: probes.mode, fallback_reason: probes.fallback_reason.clone() };
+    let kernel_maps = probes.map_fill();
+    let _ = probes.unfollow(opts.pid);
     drop(probes); // detaches every program
 
     kept.sort_by_key(|r| r.request_ns);
+    if !opts.raw_paths {
+        for r in &mut kept {
+            r.path = crate::http::route::route_template(&r.path);
+        }
+    }
     let stage_report = resolver.map(|r| {
         let names: Vec<String> = r.defs().iter().map(|d| d.name.clone()).collect();
         let prefill: Vec<Option<String>> = r.defs().iter().map(|d| d.prefill_name.clone()).collect();
@@ -260,6 +288,8 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
         kernel,
         parse: tracker.parse_counters(),
         ended_by: ended_by.to_string(),
+        capture,
+        kernel_maps,
     })
 }
 

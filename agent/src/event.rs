@@ -1,7 +1,7 @@
 //! Decoding ring-buffer records: a pure function from bytes to a typed event, length-checked
 //! before any unaligned read, so a short or corrupt record is an error, never a panic.
 
-use agent_common::{EventHeader, EventKind, HEADER_LEN, MAX_CAPTURE};
+use agent_common::{event_flag, EventHeader, EventKind, HEADER_LEN, MAX_CAPTURE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event<'a> {
@@ -9,9 +9,12 @@ pub struct Event<'a> {
     pub ts_ns: u64,
     pub tgid: u32,
     pub tid: u32,
-    pub fd: i32,
-    /// Bytes the syscall moved (may exceed `data.len()`).
+    /// The connection (see `EventHeader::conn`).
+    pub conn: u64,
+    /// Bytes the call moved (may exceed `data.len()`).
     pub len: u64,
+    /// The buffer could not be located (`event_flag::NO_PAYLOAD`): `len` is exact, `data` empty.
+    pub no_payload: bool,
     /// Captured prefix of those bytes.
     pub data: &'a [u8],
 }
@@ -43,15 +46,16 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         ts_ns: h.ts_ns,
         tgid: h.tgid,
         tid: h.tid,
-        fd: h.fd,
+        conn: h.conn,
         len: h.len.max(captured as u64),
+        no_payload: h.flags & event_flag::NO_PAYLOAD != 0,
         data: &bytes[HEADER_LEN..HEADER_LEN + captured],
     })
 }
 
 /// Encodes an event the way the eBPF side does (tests, benchmarks, fuzzing).
-pub fn encode(kind: EventKind, ts_ns: u64, tgid: u32, fd: i32, len: u64, data: &[u8]) -> Vec<u8> {
-    let h = EventHeader { ts_ns, len, tgid, tid: tgid, fd, kind: kind as u16, captured: data.len() as u16 };
+pub fn encode(kind: EventKind, ts_ns: u64, tgid: u32, conn: u64, len: u64, data: &[u8]) -> Vec<u8> {
+    let h = EventHeader { ts_ns, len, conn, tgid, tid: tgid, kind: kind as u16, captured: data.len() as u16, flags: 0 };
     let mut out = vec![0u8; HEADER_LEN + data.len()];
     // SAFETY: `out` has room for the header.
     unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), h) };
@@ -68,14 +72,14 @@ mod tests {
         let bytes = encode(EventKind::Write, 42, 7, 3, 100, b"HTTP/1.1 200 OK\r\n");
         let e = decode(&bytes).unwrap();
         assert_eq!(
-            (e.kind, e.ts_ns, e.tgid, e.fd, e.len, e.data),
+            (e.kind, e.ts_ns, e.tgid, e.conn, e.len, e.data),
             (EventKind::Write, 42, 7, 3, 100, &b"HTTP/1.1 200 OK\r\n"[..])
         );
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = bytes.clone();
-        bad[28] = 99; // kind
+        bad[32] = 99; // kind
         assert_eq!(decode(&bad), Err(DecodeError::Kind(99)));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod bpf;
+pub mod capture;
 pub mod daemon;
 pub mod event;
 pub mod gpu;

@@ -80,6 +80,15 @@ enum Command {
         /// NVML library to load (default: libnvidia-ml.so.1 from the dynamic loader's path).
         #[arg(long, value_name = "PATH")]
         nvml_library: Option<PathBuf>,
+        /// Stream capture path: `auto` = socket-layer tracepoints (Linux 6.3+ with BTF), else
+        /// syscall tracepoints (which slow every process's syscalls while attached).
+        #[arg(long, value_enum, default_value_t = inferscope::capture::CaptureChoice::Auto)]
+        capture: inferscope::capture::CaptureChoice,
+        /// Show request paths as sent, in the terminal and the JSON. Off by default: paths may
+        /// carry IDs, API keys or e-mail addresses, so every output shows route templates
+        /// (`/v1/threads/{id}/runs`) unless this is given.
+        #[arg(long)]
+        raw_paths: bool,
     },
 }
 
@@ -121,12 +130,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             off_cpu,
             gpu_hz,
             nvml_library,
+            capture,
+            raw_paths,
         } => {
             anyhow::ensure!(
                 !off_cpu || flamegraph.is_some() || folded.is_some(),
                 "--off-cpu writes its flamegraph beside the CPU one: give --flamegraph FILE.svg or --folded FILE"
             );
             anyhow::ensure!((1..=10_000).contains(&frequency), "--frequency must be 1..=10000 Hz");
+            anyhow::ensure!(
+                (4096..=1 << 30).contains(&ring_buffer_bytes),
+                "--ring-buffer-bytes must be between one page (4096) and 1 GiB, got {ring_buffer_bytes}"
+            );
+            // Every output is checked before attaching: a bad path found after the capture would
+            // lose the whole run.
+            for (flag, path) in [("--json", &json), ("--flamegraph", &flamegraph), ("--folded", &folded)] {
+                if let Some(p) = path.as_deref().filter(|p| !(flag == "--json" && *p == std::path::Path::new("-"))) {
+                    check_writable(flag, p)?;
+                }
+            }
+            inferscope::procfs::check_attachable(pid)?;
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
             }
@@ -144,6 +167,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     hz: gpu_hz,
                     ..inferscope::gpu::GpuOptions::default()
                 }),
+                capture,
+                raw_paths,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -167,12 +192,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report.to_json())?;
-                std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-                eprintln!("inferscope: wrote {}", path.display());
+                if path == std::path::Path::new("-") {
+                    println!("{text}");
+                } else {
+                    std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("inferscope: wrote {}", path.display());
+                }
             }
             Ok(())
         }
     }
+}
+
+/// An output file can be created: its directory exists and is writable, and it is not a directory.
+fn check_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    anyhow::ensure!(!path.is_dir(), "{flag} {}: is a directory, give a file name", path.display());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    anyhow::ensure!(dir.is_dir(), "{flag} {}: directory {} does not exist", path.display(), dir.display());
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+    anyhow::ensure!(writable, "{flag} {}: directory {} is not writable", path.display(), dir.display());
+    Ok(())
 }
 
 fn terminal_width() -> usize {

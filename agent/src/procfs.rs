@@ -11,6 +11,8 @@ use crate::report::TargetInfo;
 pub enum ProcError {
     #[error("no such process: {0} (is the PID right, and is it in this PID namespace?)")]
     NoSuchProcess(u32),
+    #[error("cannot attach to pid {pid}: {why}")]
+    NotAttachable { pid: u32, why: &'static str },
     #[error("cannot read /proc/{pid}: {source}")]
     Io { pid: u32, source: std::io::Error },
 }
@@ -24,6 +26,28 @@ pub fn target_info(pid: u32) -> Result<TargetInfo, ProcError> {
     Ok(TargetInfo { pid, comm: comm.trim().to_string(), exe })
 }
 
+/// Refuses, with one line, a PID that cannot be measured: this agent itself, a kernel thread
+/// (no user space, no sockets of its own), a zombie (already exited).
+pub fn check_attachable(pid: u32) -> Result<(), ProcError> {
+    if pid == std::process::id() {
+        return Err(ProcError::NotAttachable { pid, why: "that is inferscope itself" });
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ProcError::NoSuchProcess(pid),
+        _ => ProcError::Io { pid, source: e },
+    })?;
+    // Fields after the parenthesised comm: state is the first, flags the seventh.
+    let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    if rest.first() == Some(&"Z") {
+        return Err(ProcError::NotAttachable { pid, why: "it is a zombie (exited, not yet reaped)" });
+    }
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if rest.get(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & PF_KTHREAD != 0) {
+        return Err(ProcError::NotAttachable { pid, why: "it is a kernel thread" });
+    }
+    Ok(())
+}
+
 /// A pidfd for `pid`: becomes readable when the process exits (never confused by PID reuse).
 pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success it returns a new fd we own.
@@ -35,41 +59,50 @@ pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The process's TCP sockets as /proc tells: rows of its network namespace's tables, and the
+/// socket inodes of its own file descriptors (fd → inode).
+fn tcp_sockets(pid: u32) -> (Vec<TcpRow>, Vec<(i32, u64)>) {
+    let mut rows = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            rows.extend(parse_tcp_table(&text));
+        }
+    }
+    let mut fds = Vec::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(link) = fs::read_link(entry.path()) else { continue };
+            if let Some(inode) = socket_inode(&link.to_string_lossy()) {
+                fds.push((fd, inode));
+            }
+        }
+    }
+    (rows, fds)
+}
+
+/// Ports the process listens on with sockets it holds itself (not its neighbours' in the same
+/// network namespace).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let (rows, fds) = tcp_sockets(pid);
+    let mine: HashSet<u64> = fds.iter().map(|&(_, inode)| inode).collect();
+    let mut ports: Vec<u16> =
+        rows.iter().filter(|r| r.state == 0x0A && mine.contains(&r.inode)).map(|r| r.local_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// File descriptors of established TCP connections that arrived on one of the process's
 /// listening ports (the server side of inbound connections).
 pub fn inbound_connection_fds(pid: u32) -> Vec<i32> {
-    let mut listening = HashSet::new();
-    let mut established = Vec::new();
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
-        for row in parse_tcp_table(&text) {
-            match row.state {
-                0x0A => {
-                    listening.insert(row.local_port);
-                }
-                0x01 => established.push(row),
-                _ => {}
-            }
-        }
-    }
+    let (rows, fds) = tcp_sockets(pid);
+    let listening: HashSet<u16> = rows.iter().filter(|r| r.state == 0x0A).map(|r| r.local_port).collect();
     let inodes: HashSet<u64> =
-        established.iter().filter(|r| listening.contains(&r.local_port)).map(|r| r.inode).collect();
-    if inodes.is_empty() {
-        return Vec::new();
-    }
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    let mut fds = Vec::new();
-    for entry in dir.flatten() {
-        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(link) = fs::read_link(entry.path()) else { continue };
-        if let Some(inode) = socket_inode(&link.to_string_lossy()) {
-            if inodes.contains(&inode) {
-                fds.push(fd);
-            }
-        }
-    }
-    fds.sort_unstable();
-    fds
+        rows.iter().filter(|r| r.state == 0x01 && listening.contains(&r.local_port)).map(|r| r.inode).collect();
+    let mut out: Vec<i32> = fds.into_iter().filter(|(_, inode)| inodes.contains(inode)).map(|(fd, _)| fd).collect();
+    out.sort_unstable();
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +147,21 @@ mod tests {
         );
         assert_eq!(socket_inode("socket:[12346]"), Some(12346));
         assert_eq!(socket_inode("pipe:[1]"), None);
+    }
+
+    #[test]
+    fn self_kernel_threads_and_zombies_are_refused() {
+        let me = check_attachable(std::process::id()).unwrap_err().to_string();
+        assert!(me.contains("inferscope itself"), "{me}");
+        // kthreadd is PID 2 in the initial PID namespace.
+        if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+            assert!(check_attachable(2).unwrap_err().to_string().contains("kernel thread"));
+        }
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(200)); // exited, not reaped: a zombie
+        assert!(check_attachable(pid).unwrap_err().to_string().contains("zombie"));
+        drop(child);
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct RequestJson {
     /// telemetry ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<crate::gpu::join::RequestGpu>,
+    /// Why the exchange is partial (cut before its stream said it was complete); its `e2e_s`
+    /// is then the time to the last byte seen, not a request duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial: Option<&'static str>,
 }
 
 /// Stage results of a run with `--stage`/`--profile`.
@@ -78,6 +82,7 @@ impl From<&RequestRecord> for RequestJson {
             tokens: r.tokens,
             stages: None,
             gpu: None,
+            partial: r.partial,
         }
     }
 }
@@ -111,10 +116,20 @@ impl Distribution {
     }
 }
 
+/// Which capture path measured the streams (`inferscope_capture_info{mode}` in the daemon).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaptureInfo {
+    pub mode: crate::capture::CaptureMode,
+    /// Set when the socket layer was not used, with the reason.
+    pub fallback_reason: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub requests: usize,
     pub streaming_requests: usize,
+    /// Requests cut before their stream said it was complete (kept, flagged, no e2e figure).
+    pub partial_requests: usize,
     pub duration_s: f64,
     pub ttfb_s: Distribution,
     pub ttft_s: Distribution,
@@ -132,6 +147,7 @@ pub struct Summary {
     pub parse: ParseCounters,
     /// Why the run ended: "duration", "interrupted", "target exited".
     pub ended_by: String,
+    pub capture: CaptureInfo,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +160,10 @@ pub struct Report {
     pub kernel: KernelCounters,
     pub parse: ParseCounters,
     pub ended_by: String,
+    /// The stream capture path that ran, and why not the socket layer if it did not.
+    pub capture: CaptureInfo,
+    /// Entries and capacity of each bounded kernel map at the end of the run.
+    pub kernel_maps: Vec<(&'static str, usize, u32)>,
     pub stages: Option<StageReport>,
     /// Folded CPU samples per phase, when sampling ran.
     pub cpu: Option<crate::profile::Folded>,
@@ -184,7 +204,8 @@ impl Report {
             ttfb_s: Distribution::of(js.iter().map(|r| r.ttfb_s).collect()),
             ttft_s: Distribution::of(js.iter().filter_map(|r| r.ttft_s).collect()),
             itl_s: Distribution::of(js.iter().flat_map(|r| r.itl_s.iter().copied()).collect()),
-            e2e_s: Distribution::of(js.iter().map(|r| r.e2e_s).collect()),
+            e2e_s: Distribution::of(js.iter().filter(|r| r.partial.is_none()).map(|r| r.e2e_s).collect()),
+            partial_requests: js.iter().filter(|r| r.partial.is_some()).count(),
             chunks_per_s: per(total_chunks as f64),
             tokens_per_s: (!stated.is_empty()).then(|| per(stated.iter().sum::<u64>() as f64)),
             decode_chunks_per_s: Distribution::of(
@@ -202,6 +223,7 @@ impl Report {
             lost: self.kernel,
             parse: self.parse,
             ended_by: self.ended_by.clone(),
+            capture: self.capture.clone(),
         }
     }
 
@@ -210,6 +232,9 @@ impl Report {
             "target": self.target,
             "requests": self.request_json(),
             "summary": self.summary(),
+            "kernel_maps": self.kernel_maps.iter().map(|(name, entries, capacity)| {
+                (name.to_string(), serde_json::json!({"entries": entries, "capacity": capacity}))
+            }).collect::<serde_json::Map<_, _>>(),
         });
         if let Some(st) = &self.stages {
             doc["stages"] = serde_json::to_value(&st.summaries).unwrap_or_default();
@@ -337,8 +362,15 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "\ninferscope report — pid {} ({}) — {:.1} s, ended by {}",
-            self.target.pid, self.target.comm, s.duration_s, s.ended_by
+            "\ninferscope report — pid {} ({}) — {:.1} s, ended by {} — capture: {}",
+            self.target.pid,
+            self.target.comm,
+            s.duration_s,
+            s.ended_by,
+            match &s.capture.fallback_reason {
+                None => s.capture.mode.name().to_string(),
+                Some(why) => format!("{} ({why})", s.capture.mode.name()),
+            }
         );
         let _ = writeln!(
             o,
@@ -395,6 +427,14 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 p.unmatched_responses,
                 p.aborted,
                 s.events.decode_errors
+            );
+        }
+        if s.events.no_payload > 0 {
+            let _ = writeln!(
+                o,
+                "not captured: {} socket reads/writes of the target had no buffer we can read (io_uring, sendfile, \
+                 kernel workers): their lengths count, their bytes (requests, frames) are not seen",
+                s.events.no_payload
             );
         }
         self.render_stages(&mut o, width);
@@ -531,6 +571,7 @@ mod tests {
             streaming: true,
             read_tid: 1,
             write_tid: 1,
+            partial: None,
         }
     }
 
@@ -591,6 +632,8 @@ mod tests {
             kernel: KernelCounters::default(),
             parse: ParseCounters::default(),
             ended_by: "duration".into(),
+            capture: CaptureInfo { mode: crate::capture::CaptureMode::Socket, fallback_reason: None },
+            kernel_maps: Vec::new(),
             stages: None,
             cpu: None,
             offcpu: None,

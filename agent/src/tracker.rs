@@ -20,6 +20,10 @@ pub struct EventCounters {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub decode_errors: u64,
+    /// Connections open before attach, first seen now (socket capture).
+    pub joined: u64,
+    /// Reads/writes whose bytes could not be captured (io_uring, sendfile): lengths only.
+    pub no_payload: u64,
     /// Connections not followed because `MAX_CONNECTIONS` were already open.
     pub connections_dropped: u64,
 }
@@ -33,7 +37,8 @@ pub struct Finished {
 
 #[derive(Debug, Default)]
 pub struct Tracker {
-    conns: HashMap<(u32, i32), Connection>,
+    /// Keyed by (process, connection id of the capture path).
+    conns: HashMap<(u32, u64), Connection>,
     pub events: EventCounters,
     /// Parse counters of connections already closed (live ones are added on demand).
     closed: ParseCounters,
@@ -46,9 +51,11 @@ impl Tracker {
 
     /// Registers a connection that was open before we attached: its parser waits for the next
     /// request line instead of assuming one.
-    pub fn add_existing(&mut self, tgid: u32, fd: i32) {
+    pub fn add_existing(&mut self, tgid: u32, conn: u64) {
         if self.conns.len() < MAX_CONNECTIONS {
-            self.conns.entry((tgid, fd)).or_insert_with(|| Connection::new(false));
+            self.conns.entry((tgid, conn)).or_insert_with(|| Connection::new(false));
+        } else {
+            self.events.connections_dropped += 1;
         }
     }
 
@@ -64,14 +71,14 @@ impl Tracker {
     }
 
     pub fn handle_event(&mut self, ev: &Event<'_>, out: &mut Vec<Finished>) {
-        let key = (ev.tgid, ev.fd);
+        let key = (ev.tgid, ev.conn);
         let mut records = Vec::new();
         match ev.kind {
             EventKind::Accept => {
                 self.events.accepts += 1;
                 // A reused fd number means the old connection is gone even if its close was lost.
                 if let Some(mut old) = self.conns.remove(&key) {
-                    old.on_close(ev.ts_ns, &mut records);
+                    old.end("connection replaced before the stream ended", &mut records);
                     add(&mut self.closed, &old.counters);
                 }
                 if self.conns.len() < MAX_CONNECTIONS {
@@ -80,10 +87,14 @@ impl Tracker {
                     self.events.connections_dropped += 1;
                 }
             }
+            EventKind::Joined => {
+                self.events.joined += 1;
+                self.add_existing(ev.tgid, ev.conn);
+            }
             EventKind::Close => {
                 self.events.closes += 1;
                 if let Some(mut c) = self.conns.remove(&key) {
-                    c.on_close(ev.ts_ns, &mut records);
+                    c.end("connection closed before the stream ended", &mut records);
                     add(&mut self.closed, &c.counters);
                 }
             }
@@ -95,6 +106,9 @@ impl Tracker {
                 } else {
                     self.events.writes += 1;
                     self.events.write_bytes += ev.len;
+                }
+                if ev.no_payload {
+                    self.events.no_payload += 1;
                 }
                 if !self.conns.contains_key(&key) {
                     if self.conns.len() >= MAX_CONNECTIONS {
@@ -116,15 +130,25 @@ impl Tracker {
         out.extend(records.into_iter().map(|record| Finished { tgid: ev.tgid, record }));
     }
 
-    /// Forgets every connection of a process that is gone; their partial exchanges count as aborted.
-    pub fn forget_process(&mut self, tgid: u32) {
+    /// Forgets every connection of a process that is gone (`reason`); responses in progress
+    /// come out as partial records (or complete ones, when their stream said so).
+    pub fn forget_process(&mut self, tgid: u32, reason: &'static str, out: &mut Vec<Finished>) {
         let keys: Vec<_> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
         for k in keys {
-            if let Some(c) = self.conns.remove(&k) {
-                let mut c = c;
-                c.on_close(0, &mut Vec::new());
+            if let Some(mut c) = self.conns.remove(&k) {
+                let mut records = Vec::new();
+                c.end(reason, &mut records);
+                out.extend(records.into_iter().map(|record| Finished { tgid, record }));
                 add(&mut self.closed, &c.counters);
             }
+        }
+    }
+
+    /// Ends every connection (the run is over): streams still in flight come out as partial.
+    pub fn finish_all(&mut self, reason: &'static str, out: &mut Vec<Finished>) {
+        let tgids: std::collections::BTreeSet<u32> = self.conns.keys().map(|k| k.0).collect();
+        for tgid in tgids {
+            self.forget_process(tgid, reason, out);
         }
     }
 
@@ -178,4 +202,6 @@ fn add(total: &mut ParseCounters, c: &ParseCounters) {
     total.truncated_events += c.truncated_events;
     total.content_writes_dropped += c.content_writes_dropped;
     total.upgraded += c.upgraded;
+    total.partial += c.partial;
+    total.completed_at_close += c.completed_at_close;
 }

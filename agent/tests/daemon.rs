@@ -89,7 +89,7 @@ fn discovers_measures_and_follows_restarts_and_churn() {
             metric(
                 &m,
                 "inferscope_requests_total",
-                &[("service", svc), ("route", "/v1/chat/completions/:id"), ("status", "2xx")]
+                &[("service", svc), ("route", "/v1/chat/completions/{id}"), ("status", "2xx")]
             ),
             20.0,
             "route and status class labels"

@@ -92,7 +92,14 @@ fn target_exiting_mid_stream_ends_the_run_with_what_was_seen() {
     assert_eq!(report["summary"]["ended_by"], "target exited");
     let got = requests_by_path(&report);
     assert_eq!(got.keys().filter(|p| p.contains("/before")).count(), 4, "{:?}", got.keys());
-    assert_eq!(got.keys().filter(|p| p.contains("/cut")).count(), 0, "cut streams are not reported as complete");
+    // The two streams cut by the kill come out as partial records with what was measured.
+    let cut: Vec<_> = got.iter().filter(|(p, _)| p.contains("/cut")).map(|(_, r)| r).collect();
+    assert_eq!(cut.len(), 2, "cut streams are reported, as partial: {:?}", got.keys());
+    for r in cut {
+        assert!(r["partial"].is_string(), "a cut stream is never reported as complete: {r}");
+        assert!(r["first_token_ns"].is_u64() && r["chunks"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert_eq!(report["summary"]["partial_requests"], 2);
     assert!(report["summary"]["parse"]["aborted"].as_u64().unwrap() >= 2);
 }
 
@@ -133,4 +140,96 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+/// A server that writes `[DONE]` and then waits for the client to hang up (as uvicorn does when
+/// the `openai` SDK closes after `[DONE]`): the chunked terminator never comes. The first stream
+/// is complete for its user; the second is cut before its last event and must be partial.
+const DONE_THEN_CLOSE: &str = r#"
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); s.listen(8)
+print("LISTENING", s.getsockname()[1], flush=True)
+def chunk(b): return b"%x\r\n" % len(b) + b + b"\r\n"
+for mode in ("done", "cut"):
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req: req += c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for i in range(3):
+        time.sleep(0.005)
+        c.sendall(chunk(b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i))
+    if mode == "done":
+        c.sendall(chunk(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'))
+        c.sendall(chunk(b"data: [DONE]\n\n"))
+        c.recv(1)  # the client hangs up after [DONE]; no terminator is ever written
+    c.close()
+"#;
+
+#[test]
+fn a_stream_that_said_done_is_complete_and_a_cut_one_is_partial() {
+    let _serial = require_root();
+    let dir = scratch_dir("done-close");
+    let mut server =
+        Command::new("python3").args(["-c", DONE_THEN_CLOSE]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("LISTENING ").unwrap().parse().unwrap();
+    let agent = Agent::attach(server.id(), &dir.join("report.json"), &[]);
+    for id in ["done", "cut"] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "POST /v1/chat/completions/{id} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.windows(6).any(|w| w == b"[DONE]") {
+                break;
+            }
+        }
+    }
+    let _ = server.wait();
+    let report = agent.wait_report();
+    let got = requests_by_path(&report);
+    let done = &got["/v1/chat/completions/done"];
+    assert!(done["partial"].is_null(), "complete for its user: {done}");
+    assert_eq!(done["chunks"], 3);
+    let cut = &got["/v1/chat/completions/cut"];
+    assert!(cut["partial"].is_string(), "{cut}");
+    assert_eq!(cut["chunks"], 3);
+    assert_eq!(report["summary"]["parse"]["completed_at_close"], 1);
+    assert_eq!(report["summary"]["partial_requests"], 1);
+}
+
+#[test]
+fn bad_input_is_refused_before_attaching_with_one_line() {
+    let _serial = require_root();
+    let bin = env!("CARGO_BIN_EXE_inferscope");
+    let me = std::process::id().to_string();
+    let zombie = Command::new("true").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let zpid = zombie.id().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--pid", &me, "--json", "/nonexistent-dir/r.json"],
+            "--json /nonexistent-dir/r.json: directory /nonexistent-dir does not exist",
+        ),
+        (&["--pid", &me, "--flamegraph", "/tmp"], "--flamegraph /tmp: is a directory"),
+        (&["--pid", &me, "--folded", "/proc/1/nope/x"], "--folded /proc/1/nope/x"),
+        (&["--pid", &me, "--ring-buffer-bytes", "0"], "--ring-buffer-bytes must be between one page"),
+        (&["--pid", &me, "--ring-buffer-bytes", "1"], "--ring-buffer-bytes must be between one page"),
+        (&["--pid", "2"], "cannot attach to pid 2: it is a kernel thread"),
+        (&["--pid", &zpid], "it is a zombie"),
+    ];
+    for (args, want) in cases {
+        let t0 = std::time::Instant::now();
+        let out = Command::new(bin).arg("attach").arg("--quiet").args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line for {args:?}: {err}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{args:?} refused only after {:?}", t0.elapsed());
+    }
+    drop(zombie);
 }

@@ -41,7 +41,7 @@ fn within(ctx: &str, what: &str, got: u64, lo: u64, hi: u64) {
     );
 }
 
-fn check_server(kind: ServerKind) {
+fn check_server(kind: ServerKind, capture: &str) {
     let _serial = require_root();
     let dir = scratch_dir(&format!("{kind:?}"));
     let server = Server::start(kind, &dir);
@@ -53,7 +53,7 @@ fn check_server(kind: ServerKind) {
         let warm = testbed::run_load(&server.addr(), *conc, *conc, *ka, query, &format!("warm{prefix}")).unwrap();
         assert_eq!(warm.errors, 0);
     }
-    let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
+    let agent = Agent::attach(server.pid(), &dir.join("report.json"), &["--capture", capture]);
     let mut sent = 0;
     let mut sent_ns = std::collections::HashMap::new();
     for (prefix, query, conc, ka, n) in SCENARIOS.iter().filter(|s| !(kind == ServerKind::Node && s.0 == "coal")) {
@@ -70,7 +70,7 @@ fn check_server(kind: ServerKind) {
         let conc = match kind {
             ServerKind::Python => (*conc).min(2),
             ServerKind::Node => (*conc).min(4),
-            ServerKind::Rust => *conc,
+            ServerKind::Rust | ServerKind::Uring => *conc,
         };
         let s = testbed::run_load(&server.addr(), *n, conc, *ka, query, prefix).unwrap();
         assert_eq!(
@@ -137,13 +137,19 @@ fn check_server(kind: ServerKind) {
             }
             let agent_derived = |a: &str, b: &str| (ts(a) - ts(b)) as f64 / 1e9;
             assert!((r["e2e_s"].as_f64().unwrap() - agent_derived("end_ns", "request_ns")).abs() < 1e-6, "{ctx}");
-            assert!((r["ttfb_s"].as_f64().unwrap() - agent_derived("first_byte_ns", "request_ns")).abs() < 1e-6, "{ctx}");
+            assert!(
+                (r["ttfb_s"].as_f64().unwrap() - agent_derived("first_byte_ns", "request_ns")).abs() < 1e-6,
+                "{ctx}"
+            );
             if kind == ServerKind::Rust {
                 let truth_e2e = (t.end_ns - t.request_ns) as f64 / 1e9;
                 let truth_ttfb = (t.first_byte_ns - t.request_ns) as f64 / 1e9;
                 for (what, a, b) in [("e2e", "e2e_s", truth_e2e), ("ttfb", "ttfb_s", truth_ttfb)] {
                     let a = r[a].as_f64().unwrap();
-                    assert!((a - b).abs() <= TTFT_TOLERANCE_S, "{ctx}: {what} agent {a} truth {b}; agent {r} truth {t:?}");
+                    assert!(
+                        (a - b).abs() <= TTFT_TOLERANCE_S,
+                        "{ctx}: {what} agent {a} truth {b}; agent {r} truth {t:?}"
+                    );
                 }
             }
             let content: Vec<u64> = t.writes.iter().filter(|w| w.content_events > 0).map(|w| w.ts_ns).collect();
@@ -158,22 +164,42 @@ fn check_server(kind: ServerKind) {
         }
     }
     eprintln!("{kind:?}: {sent} requests, worst TTFT error {:.1} µs", worst_ttft * 1e6);
+    assert_eq!(report["summary"]["capture"]["mode"], capture, "{kind:?}: the capture path asked for ran");
     let lost = &report["summary"]["lost"];
     assert_eq!(lost["lost_writes"], 0);
     assert_eq!(lost["lost_reads"], 0);
 }
 
+// The socket-layer capture (the default on this kernel).
+
 #[test]
 fn rust_tokio_server_matches_ground_truth() {
-    check_server(ServerKind::Rust);
+    check_server(ServerKind::Rust, "socket");
 }
 
 #[test]
 fn python_stdlib_server_matches_ground_truth() {
-    check_server(ServerKind::Python);
+    check_server(ServerKind::Python, "socket");
 }
 
 #[test]
 fn node_http_server_matches_ground_truth() {
-    check_server(ServerKind::Node);
+    check_server(ServerKind::Node, "socket");
+}
+
+// The syscall-tracepoint fallback (kernels before 6.3 or without BTF), forced.
+
+#[test]
+fn rust_tokio_server_matches_ground_truth_on_syscall_fallback() {
+    check_server(ServerKind::Rust, "syscalls");
+}
+
+#[test]
+fn python_stdlib_server_matches_ground_truth_on_syscall_fallback() {
+    check_server(ServerKind::Python, "syscalls");
+}
+
+#[test]
+fn node_http_server_matches_ground_truth_on_syscall_fallback() {
+    check_server(ServerKind::Node, "syscalls");
 }

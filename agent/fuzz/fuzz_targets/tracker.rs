@@ -26,13 +26,14 @@ fuzz_target!(|input: &[u8]| {
         let data = &input[i..(i + n).min(input.len())];
         i += data.len();
         ts += 1;
-        let kind = match k % 4 {
+        let kind = match k % 5 {
             0 => EventKind::Read,
             1 => EventKind::Write,
             2 => EventKind::Accept,
+            3 => EventKind::Joined,
             _ => EventKind::Close,
         };
-        t.handle(&encode(kind, ts, 1, fd as i32, data.len() as u64 + extra, data), &mut out);
+        t.handle(&encode(kind, ts, 1, fd as u64, data.len() as u64 + extra, data), &mut out);
         // Raw garbage records too (unless they happen to decode as the untouched connection's).
         if inferscope::event::decode(data).map_or(true, |e| e.tgid != 2) {
             t.handle(data, &mut out);

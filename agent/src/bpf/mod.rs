@@ -1,9 +1,12 @@
-//! The kernel boundary: loads the embedded eBPF object, attaches the socket tracepoints, and gives
-//! typed access to its maps. Everything above this module works on plain bytes and structs.
+//! The kernel boundary: loads the embedded eBPF object, attaches the stream capture (socket layer
+//! or its syscall fallback, see [`crate::capture`]), and gives typed access to its maps.
+//! Everything above this module works on plain bytes and structs.
+
+mod capture;
 
 use std::path::Path;
 
-use agent_common::{conn_key, counter, maps, EventKind};
+use agent_common::{counter, maps, EventKind};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
@@ -17,9 +20,9 @@ use aya::{
 /// The eBPF object built by `build.rs` from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inferscope"));
 
-/// (program, tracepoint category, tracepoint name). Enter programs save the buffer, exit programs
-/// copy what really moved.
-const SOCKET_TRACEPOINTS: &[(&str, &str, &str)] = &[
+/// Syscall fallback: (program, tracepoint category, tracepoint name). Enter programs save the
+/// buffer, exit programs copy what really moved.
+const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("enter_read", "syscalls", "sys_enter_read"),
     ("exit_read", "syscalls", "sys_exit_read"),
     ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
@@ -62,6 +65,8 @@ pub enum ProbeError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("eBPF program `{0}` is missing from the embedded object (build mismatch)")]
     MissingProgram(String),
+    #[error("socket-layer capture is not available here: {0}; use --capture auto or syscalls")]
+    NoSocketCapture(String),
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -83,6 +88,14 @@ pub struct KernelCounters {
     pub user_stack_missing: u64,
     pub offcpu_map_full: u64,
     pub proc_events_lost: u64,
+    /// Socket capture: followed socket I/O whose buffer could not be located (io_uring,
+    /// sendfile, kernel workers): its length was recorded, its bytes not.
+    pub no_payload: u64,
+    /// Socket capture: connections claimed by a followed process's first read.
+    pub claimed: u64,
+    pub listen_ports_full: u64,
+    /// Multi-iovec buffers copied through the scratch area.
+    pub scratch_copies: u64,
 }
 
 impl KernelCounters {
@@ -100,6 +113,12 @@ pub struct StageLink {
 
 pub struct SocketProbes {
     ebpf: Ebpf,
+    /// The stream capture path in use.
+    pub mode: crate::capture::CaptureMode,
+    /// Why the socket path is not in use (when it is not).
+    pub fallback_reason: Option<String>,
+    /// Socket capture: listening ports registered per followed process.
+    listen_ports: std::collections::HashMap<u16, std::collections::HashSet<u32>>,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     stages_loaded: bool,
     sched_exit_attached: bool,
@@ -108,15 +127,32 @@ pub struct SocketProbes {
 }
 
 impl SocketProbes {
-    /// Loads and attaches every socket tracepoint. `ring_bytes` sizes the ring buffer (rounded
-    /// up to a power-of-two number of pages).
-    pub fn load(ring_bytes: u32) -> Result<Self, ProbeError> {
+    /// Loads the object and attaches the stream capture `choice` allows (see [`crate::capture`]).
+    /// `ring_bytes` sizes the ring buffer (rounded up to a power-of-two number of pages).
+    pub fn load(ring_bytes: u32, choice: crate::capture::CaptureChoice) -> Result<Self, ProbeError> {
+        use crate::capture::{CaptureChoice, CaptureMode};
         check_privileges()?;
         ensure_tracefs()?;
         bump_memlock_rlimit();
         let page = page_size();
         let ring = ring_bytes.max(page).next_power_of_two();
-        let mut ebpf = EbpfLoader::new().map_max_entries(maps::EVENTS, ring).load(EBPF_OBJECT).map_err(|e| {
+        let layout = match choice {
+            CaptureChoice::Syscalls => Err("syscall capture was asked for".to_string()),
+            _ => crate::capture::socket_layout(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::EVENTS, ring);
+        if let Ok(l) = &layout {
+            use agent_common::globals as g;
+            loader
+                .override_global(g::SK_NUM_OFF, &l.sk_num_off, true)
+                .override_global(g::SK_PROTOCOL_OFF, &l.sk_protocol_off, true)
+                .override_global(g::REGS_NR_OFF, &l.regs_nr_off, true)
+                .override_global(g::REGS_ARG1_OFF, &l.regs_arg1_off, true)
+                .override_global(g::REGS_ARG2_OFF, &l.regs_arg2_off, true)
+                .override_global(g::SYSCALL_NRS, &l.syscall_nrs, true);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             if is_permission_error(&e) {
                 ProbeError::MissingCapability { effective: effective_caps() }
             } else {
@@ -132,17 +168,49 @@ impl SocketProbes {
                 None
             }
         };
-        for &(program, category, name) in SOCKET_TRACEPOINTS {
-            let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
-            prog.load().map_err(|e| verifier_error(program, e))?;
-            prog.attach(category, name).map_err(|source| ProbeError::Attach {
-                program: program.into(),
-                category: category.into(),
-                name: name.into(),
-                source,
-            })?;
-        }
-        Ok(Self { ebpf, _logger: logger, stages_loaded: false, sched_exit_attached: false, uprobes_attached: 0 })
+        let socket = layout.and_then(|_| capture::attach_socket(&mut ebpf).map_err(|e| e.to_string()));
+        let (mode, fallback_reason) = match socket {
+            Ok(()) => {
+                log::info!(
+                    "capture: socket layer (raw tracepoints sock_recv_length, sock_send_length, inet_sock_set_state)"
+                );
+                (CaptureMode::Socket, None)
+            }
+            Err(reason) if choice == CaptureChoice::Socket => {
+                return Err(ProbeError::NoSocketCapture(reason));
+            }
+            Err(reason) => {
+                for &(program, category, name) in SYSCALL_TRACEPOINTS {
+                    let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
+                    prog.load().map_err(|e| verifier_error(program, e))?;
+                    prog.attach(category, name).map_err(|source| ProbeError::Attach {
+                        program: program.into(),
+                        category: category.into(),
+                        name: name.into(),
+                        source,
+                    })?;
+                }
+                if choice == CaptureChoice::Syscalls {
+                    log::info!("capture: syscall tracepoints (asked for)");
+                } else {
+                    log::warn!(
+                        "capture: syscall tracepoints, because {reason}: every thread on this machine takes the \
+                         syscall slow path while inferscope runs"
+                    );
+                }
+                (CaptureMode::Syscalls, Some(reason))
+            }
+        };
+        Ok(Self {
+            ebpf,
+            mode,
+            fallback_reason,
+            listen_ports: Default::default(),
+            _logger: logger,
+            stages_loaded: false,
+            sched_exit_attached: false,
+            uprobes_attached: 0,
+        })
     }
 
     /// Loads the stage programs (once) and the thread-exit cleanup tracepoint.
@@ -320,22 +388,36 @@ impl SocketProbes {
     /// (map, entries, capacity) of the bounded kernel maps, for fill reporting. Walks every key:
     /// call it at scrape rate, not per event.
     pub fn map_fill(&self) -> Vec<(&'static str, usize, u32)> {
-        use agent_common::{limits, OffCpuStart, SampleKey, StageStack, SyscallArgs};
-        vec![
-            (maps::TARGETS, self.hash_len::<u32, u32>(maps::TARGETS), limits::TARGETS),
-            (maps::CONNS, self.hash_len::<u64, u32>(maps::CONNS), limits::CONNS),
-            (maps::ARGS, self.hash_len::<u64, SyscallArgs>(maps::ARGS), limits::ARGS),
+        use agent_common::{limits, ConnInfo, OffCpuStart, SampleKey, StageStack, SyscallArgs};
+        let mut fill = vec![(maps::TARGETS, self.hash_len::<u32, u32>(maps::TARGETS), limits::TARGETS)];
+        match self.mode {
+            crate::capture::CaptureMode::Socket => fill.extend([
+                (maps::CONNS, self.hash_len::<u64, ConnInfo>(maps::CONNS), limits::CONNS),
+                (maps::LISTEN_PORTS, self.hash_len::<u16, u32>(maps::LISTEN_PORTS), limits::LISTEN_PORTS),
+                (maps::PASSIVE, self.lru_len(maps::PASSIVE), limits::PASSIVE),
+            ]),
+            crate::capture::CaptureMode::Syscalls => fill.extend([
+                (maps::FD_CONNS, self.hash_len::<u64, u32>(maps::FD_CONNS), limits::CONNS),
+                (maps::ARGS, self.hash_len::<u64, SyscallArgs>(maps::ARGS), limits::ARGS),
+            ]),
+        }
+        fill.extend([
             (maps::STAGE_STACKS, self.hash_len::<u32, StageStack>(maps::STAGE_STACKS), limits::STAGE_STACKS),
             (maps::PROFILE_PHASE, self.hash_len::<u32, u32>(maps::PROFILE_PHASE), limits::TARGETS),
             (maps::SAMPLES, self.per_cpu_hash_len::<SampleKey, u64>(maps::SAMPLES), limits::SAMPLES),
             (maps::OFFCPU, self.per_cpu_hash_len::<SampleKey, u64>(maps::OFFCPU), limits::OFFCPU),
             (maps::OFFCPU_START, self.hash_len::<u32, OffCpuStart>(maps::OFFCPU_START), limits::OFFCPU_START),
-        ]
+        ]);
+        fill
     }
 
     /// Keys in hash map `name` (0 when it is missing or of another type).
     fn hash_len<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
         self.ebpf.map(name).and_then(|m| HashMap::<_, K, V>::try_from(m).ok()).map_or(0, |m| m.keys().count())
+    }
+
+    fn lru_len(&self, name: &str) -> usize {
+        self.hash_len::<u64, u64>(name)
     }
 
     fn per_cpu_hash_len<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> usize {
@@ -401,40 +483,6 @@ impl SocketProbes {
         RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
     }
 
-    pub fn add_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::TARGETS)?;
-        m.insert(tgid, 0, 0).map_err(|source| ProbeError::Map { name: maps::TARGETS, source })
-    }
-
-    pub fn remove_target(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::TARGETS)?;
-        match m.remove(&tgid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map { name: maps::TARGETS, source }),
-        }
-    }
-
-    /// Tracks a connection the target accepted before we attached.
-    pub fn track_connection(&mut self, tgid: u32, fd: i32) -> Result<(), ProbeError> {
-        let mut m: HashMap<_, u64, u32> = self.map_mut(maps::CONNS)?;
-        m.insert(conn_key(tgid, fd), 0, 0).map_err(|source| ProbeError::Map { name: maps::CONNS, source })
-    }
-
-    /// Drops every tracked connection of `tgid` (the process is gone); returns how many.
-    pub fn forget_connections(&mut self, tgid: u32) -> Result<usize, ProbeError> {
-        let mut m: HashMap<_, u64, u32> = self.map_mut(maps::CONNS)?;
-        let keys: Vec<u64> = m.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
-        for k in &keys {
-            let _ = m.remove(k);
-        }
-        Ok(keys.len())
-    }
-
-    /// Entries in the connection map (for fill reporting).
-    pub fn tracked_connections(&self) -> usize {
-        self.hash_len::<u64, u32>(maps::CONNS)
-    }
-
     pub fn counters(&self) -> KernelCounters {
         let Some(map) = self.ebpf.map(maps::COUNTERS) else {
             return KernelCounters::default();
@@ -460,6 +508,10 @@ impl SocketProbes {
             user_stack_missing: get(counter::USER_STACK_MISSING),
             offcpu_map_full: get(counter::OFFCPU_FULL),
             proc_events_lost: get(counter::PROC_LOST),
+            no_payload: get(counter::NO_PAYLOAD),
+            claimed: get(counter::CLAIMED),
+            listen_ports_full: get(counter::LISTEN_PORTS_FULL),
+            scratch_copies: get(counter::SCRATCH_COPIES),
         }
     }
 

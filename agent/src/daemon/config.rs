@@ -19,6 +19,9 @@ pub struct Config {
     /// Processes followed at once.
     pub max_targets: usize,
     pub ring_buffer_bytes: u32,
+    /// Stream capture path: `auto` (socket layer, syscall tracepoints where it is missing),
+    /// `socket` or `syscalls`.
+    pub capture: crate::capture::CaptureChoice,
     /// NVML sampling rate; 0 turns GPU telemetry off.
     pub gpu_sample_hz: f64,
     pub nvml_library: Option<PathBuf>,
@@ -42,6 +45,7 @@ impl Default for Config {
             max_series: 10_000,
             max_targets: 256,
             ring_buffer_bytes: agent_common::DEFAULT_RING_BYTES,
+            capture: crate::capture::CaptureChoice::Auto,
             gpu_sample_hz: 10.0,
             nvml_library: None,
             series_grace_seconds: 120.0,

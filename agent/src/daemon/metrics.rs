@@ -55,49 +55,10 @@ fn with(extra: &[&'static str]) -> Vec<&'static str> {
     TARGET.iter().chain(extra).copied().collect()
 }
 
-/// `/v1/chat/completions?x=1` → `/v1/chat/completions`; `/v1/models/8f3a…/x` → `/v1/models/:id/x`.
-/// Segments that look like identifiers (numbers, UUIDs, long hex or opaque tokens) collapse to
-/// `:id`; at most 8 segments and 96 bytes are kept.
+/// The route label of a request path: a template (`crate::http::route`), never a raw segment
+/// that may carry an ID, a key or an e-mail address.
 pub fn normalize_route(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') {
-        return if path == "*" { "*".into() } else { "other".into() };
-    }
-    let mut out = String::new();
-    for (i, seg) in path.split('/').skip(1).enumerate() {
-        if i == 8 {
-            out.push_str("/…");
-            break;
-        }
-        out.push('/');
-        out.push_str(if looks_like_id(seg) { ":id" } else { seg });
-    }
-    if out.len() > 96 {
-        let mut cut = 96;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-    }
-    if out.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-        return "other".into();
-    }
-    out
-}
-
-fn looks_like_id(seg: &str) -> bool {
-    let has_digit = seg.chars().any(|c| c.is_ascii_digit());
-    let all = |f: fn(char) -> bool| !seg.is_empty() && seg.chars().all(f);
-    // 42 · 8d4b0a4e-6c3f-… / a3f9c2e1b7 · long opaque tokens · req-42, user_7
-    let counter_suffix = seg
-        .rsplit_once(['-', '_'])
-        .is_some_and(|(word, n)| !word.is_empty() && !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    all(|c| c.is_ascii_digit())
-        || (has_digit && seg.len() >= 8 && all(|c| c.is_ascii_hexdigit() || c == '-'))
-        || (has_digit && seg.len() >= 16 && all(|c| c.is_ascii_alphanumeric()))
-        || counter_suffix
-        || seg.starts_with("chatcmpl-")
-        || seg.starts_with("cmpl-")
+    crate::http::route::route_template(path)
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -113,6 +74,10 @@ pub fn status_class(status: u16) -> &'static str {
 
 pub struct Metrics {
     pub registry: Registry,
+    /// `inferscope_capture_info{mode}`: 1 for the stream capture path in use.
+    pub capture_info: IntGaugeVec,
+    /// Requests whose route was folded into `other` by the per-target route cap.
+    routes_folded: IntCounter,
     ttft: HistogramVec,
     ttfb: HistogramVec,
     itl: HistogramVec,
@@ -269,6 +234,22 @@ impl Metrics {
                 &["kind"],
             ),
             probes_attached: ig("inferscope_probes_attached", "uprobes attached now"),
+            routes_folded: ic(
+                "inferscope_routes_folded_total",
+                "Requests labelled route=\"other\" because their target already has MAX_ROUTES_PER_TARGET routes",
+            ),
+            capture_info: {
+                let v = IntGaugeVec::new(
+                    Opts::new(
+                        "inferscope_capture_info",
+                        "Stream capture path in use (socket layer or syscall fallback)",
+                    ),
+                    &["mode"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("{e}"));
+                v
+            },
             targets: ig("inferscope_targets", "Processes followed now"),
             map_fill: g("inferscope_map_fill_ratio", "Entries / capacity of each bounded kernel map", &["map"]),
             parse_errors: c("inferscope_parse_errors_total", "Stream parse problems, by kind", &["kind"]),
@@ -317,6 +298,7 @@ impl Metrics {
             routes.insert(route.clone());
             route
         } else {
+            self.routes_folded.inc();
             "other".into()
         }
     }
@@ -334,7 +316,7 @@ impl Metrics {
         if r.first_byte_ns > 0 && self.admit("ttfb", t, &rl) {
             self.ttfb.with_label_values(&rl).observe(secs(r.request_ns, r.first_byte_ns));
         }
-        if r.end_ns > 0 && self.admit("e2e", t, &rl) {
+        if r.end_ns > 0 && r.partial.is_none() && self.admit("e2e", t, &rl) {
             self.e2e.with_label_values(&rl).observe(secs(r.request_ns, r.end_ns));
         }
         if !r.streaming {
@@ -465,6 +447,7 @@ mod tests {
             streaming: true,
             read_tid: 1,
             write_tid: 1,
+            partial: None,
         }
     }
 
@@ -473,18 +456,14 @@ mod tests {
     }
 
     #[test]
-    fn routes_collapse_identifiers() {
+    fn routes_are_templates() {
         assert_eq!(normalize_route("/v1/chat/completions?stream=true"), "/v1/chat/completions");
-        assert_eq!(normalize_route("/v1/models/12345"), "/v1/models/:id");
-        assert_eq!(normalize_route("/jobs/8d4b0a4e-6c3f-4b6a-9b8e-2f1d5c7a9e10/status"), "/jobs/:id/status");
-        assert_eq!(normalize_route("/v1/responses/chatcmpl-abcDEF"), "/v1/responses/:id");
-        assert_eq!(normalize_route("/completion"), "/completion");
-        assert_eq!(normalize_route("/v1/chat/completions/req-42"), "/v1/chat/completions/:id");
-        assert_eq!(normalize_route("/users/user_7/items"), "/users/:id/items");
-        assert_eq!(normalize_route("/v1/models"), "/v1/models");
-        assert_eq!(normalize_route("/v2/models/llama-3-8b-instruct/infer"), "/v2/models/llama-3-8b-instruct/infer");
+        assert_eq!(normalize_route("/v1/models/12345"), "/v1/models/{model}");
+        assert_eq!(normalize_route("/jobs/8d4b0a4e-6c3f-4b6a-9b8e-2f1d5c7a9e10/status"), "/jobs/{id}/status");
+        assert_eq!(normalize_route("/v1/chat/completions/req-42"), "/v1/chat/completions/{id}");
+        assert_eq!(normalize_route("/v1/keys/sk-canary-xyz/completions"), "/v1/keys/{id}/completions");
+        assert_eq!(normalize_route("/v2/models/llama-3-8b-instruct/infer"), "/v2/models/{model}/infer");
         assert_eq!(normalize_route("garbage"), "other");
-        assert_eq!(normalize_route("/a/b/c/d/e/f/g/h/i/j"), "/a/b/c/d/e/f/g/h/…");
         assert_eq!(normalize_route("/x\"y"), "other");
     }
 
@@ -517,10 +496,14 @@ mod tests {
         assert!(m.series_dropped.get() > 0);
         // Routes past the per-target cap become `other`.
         let t = labels("a");
+        const W: [&str; 7] = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"];
         for i in 0..(MAX_ROUTES_PER_TARGET + 5) {
-            let _ = m.route_for(&t, &format!("/r{}x", "y".repeat(i)));
+            let _ = m.route_for(&t, &format!("/{}/{}", W[i % 7], W[i / 7]));
         }
+        let folded = m.routes_folded.get();
+        assert!(folded >= 5, "routes past the cap are counted: {folded}");
         assert_eq!(m.route_for(&t, "/brand-new"), "other");
+        assert_eq!(m.routes_folded.get(), folded + 1);
         // Gone for longer than the grace period: series removed and the budget returned.
         let now = Instant::now();
         for i in 0..50 {

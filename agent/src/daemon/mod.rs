@@ -177,8 +177,7 @@ impl Daemon {
         let provisional = why == "exec";
         let drop_provisional = |d: &mut Self| {
             if provisional {
-                let _ = d.probes.remove_target(pid);
-                let _ = d.probes.forget_connections(pid);
+                let _ = d.probes.unfollow(pid);
             }
         };
         let (Some(id), Some(mut facts)) = (ProcessId::of(pid), discover::facts(pid)) else {
@@ -271,17 +270,19 @@ impl Daemon {
             return;
         }
         let rule = self.cfg.rules[ri].clone();
-        if let Err(e) = self.probes.add_target(pid) {
-            self.metrics.attach_errors.inc();
-            log::warn!("cannot follow pid {pid}: {e}");
-            return;
-        }
-        let existing = crate::procfs::inbound_connection_fds(pid);
-        for &fd in &existing {
-            if self.probes.track_connection(pid, fd).is_ok() {
-                self.tracker.add_existing(pid, fd);
+        let existing = match self.probes.follow(pid) {
+            Ok(existing) => {
+                for &conn in &existing {
+                    self.tracker.add_existing(pid, conn);
+                }
+                existing
             }
-        }
+            Err(e) => {
+                self.metrics.attach_errors.inc();
+                log::warn!("cannot follow pid {pid}: {e}");
+                return;
+            }
+        };
         let labels = target_labels(&rule, cg, self.pod_of(cg).as_deref());
         self.metrics.target_alive(&labels);
         let mut target = Target {
@@ -307,7 +308,7 @@ impl Daemon {
             }
         }
         log::info!(
-            "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s), {} probed function(s), service={} namespace={} pod={} container={}",
+            "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s) seeded, {} probed function(s), service={} namespace={} pod={} container={}",
             facts.comm,
             rule.name,
             existing.len(),
@@ -371,12 +372,10 @@ impl Daemon {
     fn detach(&mut self, pid: u32, why: &str) {
         let Some(t) = self.targets.remove(&pid) else {
             // Perhaps followed by the kernel from its exec, never confirmed: leave nothing behind.
-            let _ = self.probes.remove_target(pid);
-            let _ = self.probes.forget_connections(pid);
+            let _ = self.probes.unfollow(pid);
             return;
         };
-        let _ = self.probes.remove_target(pid);
-        let conns = self.probes.forget_connections(pid).unwrap_or(0);
+        let conns = self.probes.unfollow(pid).unwrap_or(0);
         self.probes.forget_profile(pid);
         let mut uprobes = 0;
         for key in &t.probes {
@@ -388,7 +387,11 @@ impl Daemon {
                 }
             }
         }
-        self.tracker.forget_process(pid);
+        let mut cut = Vec::new();
+        self.tracker.forget_process(pid, "process exited mid-stream", &mut cut);
+        for f in &cut {
+            self.on_finished(f);
+        }
         if !self.targets.values().any(|o| o.labels == t.labels) {
             self.metrics.target_gone(&t.labels, Instant::now());
         }
@@ -548,6 +551,7 @@ impl Daemon {
             ("framing_lost", p.framing_lost),
             ("unmatched_response", p.unmatched_responses),
             ("aborted", p.aborted),
+            ("partial", p.partial),
             ("decode_error", self.tracker.events.decode_errors),
             ("connections_dropped", self.tracker.events.connections_dropped),
         ];
@@ -684,8 +688,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     crate::bpf::check_daemon_capabilities()?;
     let listener = server::bind(cfg.listen).await?;
     let (fg_tx, mut fg_rx) = tokio::sync::mpsc::channel::<FlamegraphRequest>(4);
-    let probes = SocketProbes::load(cfg.ring_buffer_bytes)?;
+    let probes = SocketProbes::load(cfg.ring_buffer_bytes, cfg.capture.with_env())?;
     let mut daemon = Daemon::new(cfg, probes);
+    daemon.metrics.capture_info.with_label_values(&[daemon.probes.mode.name()]).set(1);
     let shared = Arc::new(Shared {
         registry: daemon.metrics.registry.clone(),
         ready: false.into(),

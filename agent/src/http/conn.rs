@@ -40,6 +40,9 @@ pub struct RequestRecord {
     /// (stage calls on these threads belong to this request).
     pub read_tid: u32,
     pub write_tid: u32,
+    /// Set when the exchange did not end as its framing says and its stream never said it was
+    /// complete: what was measured is kept, with the reason (`e2e` is then not a figure).
+    pub partial: Option<&'static str>,
 }
 
 /// What went wrong or was skipped; summed over connections by the tracker.
@@ -61,6 +64,11 @@ pub struct ParseCounters {
     pub content_writes_dropped: u64,
     /// Connections switched to something else (101 Switching Protocols) and no longer followed.
     pub upgraded: u64,
+    /// Responses cut before their stream said it was complete, reported as partial records.
+    pub partial: u64,
+    /// Streams whose terminal event was written but whose framing never finished (the client
+    /// closed after `[DONE]`, as the `openai` SDK does): complete for their user, reported so.
+    pub completed_at_close: u64,
 }
 
 #[derive(Debug)]
@@ -103,6 +111,8 @@ struct Exchange {
     json: Option<Vec<u8>>,
     last_content_seq: u64,
     last_write_ns: u64,
+    /// The write that completed the stream's terminal event, if one was written.
+    terminal_ns: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -448,6 +458,7 @@ impl Connection {
             streaming: events.is_some(),
             read_tid: req.read_tid,
             write_tid: self.current_tid,
+            partial: None,
         };
         let done = matches!(framing, Framing::Length(0));
         self.outbound = Outbound::Body(Box::new(Exchange {
@@ -457,6 +468,7 @@ impl Connection {
             json,
             last_content_seq: 0,
             last_write_ns: ts_ns,
+            terminal_ns: None,
         }));
         if done {
             self.finish_response(Some(ts_ns), out);
@@ -486,13 +498,21 @@ impl Connection {
         out.push(ex.record);
     }
 
-    /// The server closed the connection at `ts_ns`.
-    pub fn on_close(&mut self, _ts_ns: u64, out: &mut Vec<RequestRecord>) {
-        if let Outbound::Body(ex) = &self.outbound {
+    /// The connection ended at `ts_ns` (closed, or its process is gone: `reason`). A response
+    /// in progress is finished when its framing allows it or its stream said it was complete,
+    /// and is otherwise reported as partial with `reason`; requests never answered are counted.
+    pub fn end(&mut self, reason: &'static str, out: &mut Vec<RequestRecord>) {
+        if let Outbound::Body(ex) = &mut self.outbound {
             if matches!(ex.framing, Framing::UntilClose | Framing::Lost) {
                 self.finish_response(None, out);
+            } else if let Some(t) = ex.terminal_ns {
+                self.counters.completed_at_close += 1;
+                self.finish_response(Some(t), out);
             } else {
                 self.counters.aborted += 1;
+                self.counters.partial += 1;
+                ex.record.partial = Some(reason);
+                self.finish_response(None, out);
             }
         }
         self.counters.aborted += self.pending.len() as u64;
@@ -505,7 +525,7 @@ impl Connection {
 /// Feeds response body bytes through the framing and the event splitter. Returns how many bytes
 /// belonged to this body, or `Err` when the chunked framing is malformed.
 fn feed_body(ex: &mut Exchange, bytes: &[u8], ts_ns: u64, seq: u64, counters: &mut ParseCounters) -> Result<usize, ()> {
-    let Exchange { record, framing, events, json, last_content_seq, .. } = ex;
+    let Exchange { record, framing, events, json, last_content_seq, terminal_ns, .. } = ex;
     let mut on_body = |body: &[u8]| {
         if let Some(ev) = events.as_mut() {
             ev.feed(body, &mut |data| {
@@ -523,6 +543,9 @@ fn feed_body(ex: &mut Exchange, bytes: &[u8], ts_ns: u64, seq: u64, counters: &m
                 }
                 if c.tokens.is_some() {
                     record.tokens = c.tokens;
+                }
+                if c.terminal {
+                    *terminal_ns = Some(ts_ns);
                 }
             });
         } else if let Some(j) = json.as_mut() {

@@ -19,19 +19,32 @@ const TOKEN_KEYS: &[&[u8]] =
 /// Longest key we compare; longer keys match nothing.
 const MAX_KEY: usize = 32;
 
+/// Keys whose non-null string value marks the stream's last event (OpenAI `finish_reason`, TGI's
+/// final `generated_text`).
+const TERMINAL_STRING_KEYS: &[&[u8]] = &[b"finish_reason", b"generated_text", b"stop_reason"];
+/// Keys whose `true` marks the last event (llama.cpp `stop`, Ollama `done`).
+const TERMINAL_TRUE_KEYS: &[&[u8]] = &[b"stop", b"done"];
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Classification {
     pub content: bool,
     pub tokens: Option<u64>,
+    /// The stream says it is complete here (`[DONE]`, a finish reason, `"stop":true`,
+    /// `"done":true`, Anthropic's `message_stop`): whatever the transport does next, the user
+    /// got the whole answer.
+    pub terminal: bool,
 }
 
 pub fn classify(payload: &[u8]) -> Classification {
     let trimmed = trim(payload);
-    if trimmed.is_empty() || trimmed == b"[DONE]" {
+    if trimmed == b"[DONE]" {
+        return Classification { terminal: true, ..Classification::default() };
+    }
+    if trimmed.is_empty() {
         return Classification::default();
     }
     if trimmed[0] != b'{' && trimmed[0] != b'[' {
-        return Classification { content: true, tokens: None };
+        return Classification { content: true, ..Classification::default() };
     }
     scan_json(trimmed)
 }
@@ -77,8 +90,16 @@ fn scan_json(s: &[u8]) -> Classification {
                     i = j + 1;
                     continue;
                 }
-                if len > 0 && key_len <= MAX_KEY && CONTENT_KEYS.contains(&&key[..key_len]) {
-                    out.content = true;
+                if key_len <= MAX_KEY {
+                    let k = &key[..key_len];
+                    if len > 0 && CONTENT_KEYS.contains(&k) {
+                        out.content = true;
+                    }
+                    if TERMINAL_STRING_KEYS.contains(&k)
+                        || (k == b"type" && &buf[..len.min(MAX_KEY)] == b"message_stop")
+                    {
+                        out.terminal = true;
+                    }
                 }
                 key_len = usize::MAX;
             }
@@ -97,6 +118,13 @@ fn scan_json(s: &[u8]) -> Classification {
                     out.tokens = Some(v);
                 }
                 key_len = usize::MAX;
+            }
+            b't' if s[i..].starts_with(b"true") => {
+                if key_len <= MAX_KEY && TERMINAL_TRUE_KEYS.contains(&&key[..key_len]) {
+                    out.terminal = true;
+                }
+                key_len = usize::MAX;
+                i += 4;
             }
             b'{' | b'[' | b',' => {
                 key_len = usize::MAX; // structural: only a scalar right after a key is its value
@@ -156,14 +184,14 @@ mod tests {
     #[test]
     fn final_chunk_gives_tokens_without_content() {
         let fin = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":42,"total_tokens":47,"completion_tokens_details":{"reasoning_tokens":0}}}"#;
-        assert_eq!(c(fin), Classification { content: false, tokens: Some(42) });
+        assert_eq!(c(fin), Classification { content: false, tokens: Some(42), terminal: true });
     }
 
     #[test]
     fn llama_cpp_native_and_timings() {
         assert!(c(r#"{"content":"Hi","stop":false,"id_slot":0}"#).content);
         let last = r#"{"content":"","stop":true,"tokens_predicted":20,"timings":{"prompt_n":9,"predicted_n":20,"predicted_ms":140.5}}"#;
-        assert_eq!(c(last), Classification { content: false, tokens: Some(20) });
+        assert_eq!(c(last), Classification { content: false, tokens: Some(20), terminal: true });
     }
 
     #[test]
@@ -179,6 +207,21 @@ mod tests {
         assert!(!c(r#"{"type":"message_start","message":{"content":[],"usage":{"output_tokens":1}}}"#).content);
         assert!(c(r#"{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}"#).content);
         assert_eq!(c(r#"{"model":"m","response":"","done":true,"eval_count":17}"#).tokens, Some(17));
+    }
+
+    #[test]
+    fn terminal_events_of_each_shape() {
+        assert!(c("[DONE]").terminal);
+        assert!(!c(r#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#).terminal);
+        assert!(c(r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#).terminal);
+        assert!(!c(r#"{"content":"Hi","stop":false}"#).terminal);
+        assert!(c(r#"{"model":"m","response":"","done":true,"eval_count":17}"#).terminal);
+        assert!(!c(r#"{"model":"m","response":"a","done":false}"#).terminal);
+        assert!(c(r#"{"type":"message_stop"}"#).terminal);
+        assert!(!c(r#"{"type":"content_block_stop","index":0}"#).terminal);
+        assert!(c(r#"{"token":{"text":"!"},"generated_text":"Hello!","details":null}"#).terminal);
+        assert!(!c(r#"{"token":{"text":"H"},"generated_text":null}"#).terminal);
+        assert!(!c(r#"{"content":"the word true"}"#).terminal);
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn close_delimited_body_ends_at_last_write() {
     exchange(3, b"data: {\"content\":\"a\"}\n\n", &mut out);
     exchange(4, b"data: {\"content\":\"b\"}\n\ndata: [DONE]\n\n", &mut out);
     assert!(out.is_empty());
-    c.on_close(9, &mut out);
+    c.end("closed", &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].first_token_ns, out[0].end_ns, out[0].chunks, out[0].tokens), (Some(3), 4, 2, None));
 }
@@ -219,7 +219,7 @@ fn garbage_never_panics_and_other_connections_are_unaffected() {
                 good.on_write(10, &s, s.len() as u64, &mut out);
             }
         }
-        junk.on_close(99, &mut sink);
+        junk.end("closed", &mut sink);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].chunks, 4);
     }

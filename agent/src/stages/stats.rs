@@ -243,6 +243,7 @@ mod tests {
             streaming: true,
             read_tid: tid,
             write_tid: tid,
+            partial: None,
         }
     }
 

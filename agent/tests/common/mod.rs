@@ -51,6 +51,17 @@ pub enum ServerKind {
     Rust,
     Python,
     Node,
+    /// C, every socket operation through io_uring (tests/targets/uring_sse.c, liburing).
+    Uring,
+}
+
+/// Compiles a C fixture from tests/targets into `dir` with `cc -O2` and extra arguments.
+pub fn c_fixture(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let src = workspace_root().join("tests/targets").join(format!("{name}.c"));
+    let exe = dir.join(name);
+    let st = Command::new("cc").arg("-O2").arg("-o").arg(&exe).arg(&src).args(extra).status().expect("cc");
+    assert!(st.success(), "cannot build {} (cargo xtask setup installs what it needs)", src.display());
+    exe
 }
 
 pub struct Server {
@@ -74,6 +85,7 @@ impl Server {
             ServerKind::Rust => cmd.arg(root.join("target/release/sse-server")),
             ServerKind::Python => cmd.arg("python3").arg(root.join("tests/servers/sse_server.py")),
             ServerKind::Node => cmd.arg("node").arg(root.join("tests/servers/sse_server.js")),
+            ServerKind::Uring => cmd.arg(c_fixture(dir, "uring_sse", &["-luring"])),
         };
         cmd.args(["--port", "0", "--truth"]).arg(&truth).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?} server: {e}"));
@@ -124,7 +136,8 @@ impl Agent {
     /// [`Agent::attach`] with extra environment variables for the agent.
     pub fn attach_with_env(pid: u32, json: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_inferscope"))
-            .args(["attach", "--pid", &pid.to_string(), "--quiet", "--json"])
+            // Tests match records to the servers' truth by request path: raw paths, asked for.
+            .args(["attach", "--pid", &pid.to_string(), "--quiet", "--raw-paths", "--json"])
             .arg(json)
             .args(extra)
             .envs(env.iter().map(|(k, v)| (*k, *v)))

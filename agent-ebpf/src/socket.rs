@@ -1,0 +1,393 @@
+//! Socket-layer capture (the default): raw tracepoints that fire only on socket I/O, so no thread
+//! of the machine is put on the syscall slow path and pipe/file I/O never reaches us.
+//!
+//! - `sock:sock_recv_length` (every socket receive, after the protocol ran: `sk`, bytes, flags):
+//!   a followed process's read on a followed connection. A connection is *claimed* by the first
+//!   read of a followed process on a TCP socket whose local port is one of its listening ports
+//!   (`LISTEN_PORTS`): that is a connection it accepted. Connections established since we
+//!   attached are `Accept`ed (the parser expects a request head), older ones `Joined` (it waits
+//!   for one).
+//! - `sock:sock_send_length` (every socket send, after the protocol took the bytes): a write on a
+//!   followed connection, one map lookup for anyone else's.
+//! - `sock:inet_sock_set_state` (TCP state changes, per connection, not per byte): passive opens
+//!   on followed ports, followed processes starting to listen, and the server side closing.
+//!
+//! Bytes come from the user buffer the syscall was given, located through the task's syscall
+//! registers (`bpf_task_pt_regs`): `read`/`write`/`recvfrom`/`sendto` (flat), `readv`/`writev`
+//! (iovecs), `recvmsg`/`sendmsg` (msghdr). Flat buffers are copied straight into a ring record
+//! of one of a few size classes; several iovecs go through the per-CPU scratch area. I/O whose
+//! buffer is not described by syscall registers (io_uring, sendfile, kernel workers) still
+//! sends its exact length, flagged `NO_PAYLOAD`, and is counted.
+//!
+//! Struct offsets come from the running kernel's BTF, set by the loader as globals.
+
+use agent_common::{counter, event_flag, limits, syscall_nr, ConnInfo, EventHeader, EventKind, MAX_CAPTURE};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user, generated},
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::RawTracePointContext,
+};
+
+use crate::common::{
+    bump, copy_iovecs, is_target, now_ns, output_header, output_scratch, BPF_NOEXIST, BPF_RB_NO_WAKEUP, EVENTS, SCRATCH,
+};
+
+/// Followed connections by `struct sock *`. `id == 0` marks a TCP socket of a followed process
+/// that is not an accepted connection (an outbound one): remembered so its reads cost one lookup.
+#[map]
+static CONNS: HashMap<u64, ConnInfo> = HashMap::with_max_entries(limits::CONNS, 0);
+/// Listening ports of followed processes → the process that listens.
+#[map]
+static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(limits::LISTEN_PORTS, 0);
+/// Connections established on a followed port since attach, until a read claims them.
+#[map]
+static PASSIVE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::PASSIVE, 0);
+/// Per-CPU counter for connection ids.
+#[map]
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// Set by the loader (agent_common::globals). Non-zero initialisers keep them in .rodata.
+#[no_mangle]
+static SK_NUM_OFF: u32 = u32::MAX;
+#[no_mangle]
+static SK_PROTOCOL_OFF: u32 = u32::MAX;
+#[no_mangle]
+static REGS_NR_OFF: u32 = u32::MAX;
+#[no_mangle]
+static REGS_ARG1_OFF: u32 = u32::MAX;
+#[no_mangle]
+static REGS_ARG2_OFF: u32 = u32::MAX;
+#[no_mangle]
+static SYSCALL_NRS: [u32; syscall_nr::COUNT] = [u32::MAX; syscall_nr::COUNT];
+
+const IPPROTO_TCP: u16 = 6;
+const MSG_PEEK: u64 = 2;
+const TCP_ESTABLISHED: u64 = 1;
+const TCP_SYN_RECV: u64 = 3;
+const TCP_FIN_WAIT1: u64 = 4;
+const TCP_CLOSE: u64 = 7;
+const TCP_LAST_ACK: u64 = 9;
+const TCP_LISTEN: u64 = 10;
+
+#[inline(always)]
+fn global(v: &u32) -> u64 {
+    // SAFETY: a plain read of a global the loader initialised; volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(v) as u64 }
+}
+
+#[inline(always)]
+fn nr(which: usize) -> u64 {
+    // SAFETY: as above, an element of a loader-initialised array.
+    unsafe { core::ptr::read_volatile(&SYSCALL_NRS[which]) as u64 }
+}
+
+#[inline(always)]
+fn kernel_u16(addr: u64) -> Option<u16> {
+    // SAFETY: fault-tolerant kernel read.
+    unsafe { bpf_probe_read_kernel(addr as *const u16) }.ok()
+}
+
+#[inline(always)]
+fn local_port(sk: u64) -> Option<u16> {
+    kernel_u16(sk + global(&SK_NUM_OFF))
+}
+
+// ---- connection state ----
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { generated::bpf_get_smp_processor_id() } as u64;
+    let Some(n) = CONN_IDS.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot; nothing else on this CPU runs while we do.
+    unsafe {
+        *n += 1;
+        (cpu << 48) | (*n & 0xffff_ffff_ffff)
+    }
+}
+
+/// First read of a followed process on a socket we do not know yet: is it a connection it
+/// accepted? Returns the entry to capture on, if any.
+#[inline(always)]
+fn claim(sk: u64, pid_tgid: u64) -> Option<ConnInfo> {
+    let tgid = (pid_tgid >> 32) as u32;
+    if kernel_u16(sk + global(&SK_PROTOCOL_OFF))? != IPPROTO_TCP {
+        return None; // UDP, unix, …: never followed, never remembered
+    }
+    let port = local_port(sk)?;
+    // SAFETY: read-only lookups.
+    if unsafe { LISTEN_PORTS.get(&port) }.is_none() {
+        let outbound = ConnInfo { id: 0, tgid, closed: 0 };
+        let _ = CONNS.insert(&sk, &outbound, BPF_NOEXIST);
+        return None;
+    }
+    let fresh = unsafe { PASSIVE.get(&sk) }.is_some();
+    if fresh {
+        let _ = PASSIVE.remove(&sk);
+    }
+    let info = ConnInfo { id: next_conn_id(), tgid, closed: 0 };
+    if CONNS.insert(&sk, &info, BPF_NOEXIST).is_err() {
+        // Another thread claimed it first, or the map is full.
+        // SAFETY: read-only lookup, value copied.
+        return match unsafe { CONNS.get(&sk) } {
+            Some(c) => Some(*c),
+            None => {
+                bump(counter::CONNS_FULL);
+                None
+            }
+        };
+    }
+    bump(counter::CLAIMED);
+    let kind = if fresh { EventKind::Accept } else { EventKind::Joined };
+    output_header(EventHeader {
+        ts_ns: now_ns(),
+        len: 0,
+        conn: info.id,
+        tgid,
+        tid: pid_tgid as u32,
+        kind: kind as u16,
+        captured: 0,
+        flags: 0,
+    });
+    Some(info)
+}
+
+// ---- payload ----
+
+/// A ring record of one size class: header and room for `N` payload bytes.
+#[repr(C)]
+struct Record<const N: usize> {
+    header: EventHeader,
+    data: [u8; N],
+}
+
+/// Reserves a record of class `N`, copies `min(want, N)` bytes from user memory straight into it.
+#[inline(always)]
+fn emit_flat<const N: usize>(mut header: EventHeader, src: u64, want: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        bump(counter::lost_for_kind(header.kind));
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = if want < N as u64 { want as u32 } else { N as u32 };
+    // SAFETY: `rec` points at a reserved record with room for `N >= n` payload bytes; the
+    // helper faults safely on a bad user pointer.
+    let ret = unsafe {
+        generated::bpf_probe_read_user(core::ptr::addr_of_mut!((*rec).data).cast(), n, src as *const core::ffi::c_void)
+    };
+    if ret < 0 {
+        bump(counter::READ_FAULT);
+        header.captured = 0;
+    } else {
+        header.captured = n as u16;
+    }
+    if (header.captured as u64) < header.len {
+        bump(counter::TRUNCATED);
+    }
+    // SAFETY: writing the header of our own reservation.
+    unsafe { core::ptr::addr_of_mut!((*rec).header).write(header) };
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// Where the bytes of the current socket call are in user memory, from its syscall registers.
+enum Buffer {
+    Flat(u64, u64),
+    Iovecs(u64, u64),
+    Unknown,
+}
+
+#[inline(always)]
+fn locate(kind: EventKind) -> Buffer {
+    // SAFETY: the BTF task pointer of the current task, as the helper wants it.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return Buffer::Unknown;
+    }
+    // SAFETY: fault-tolerant kernel reads of the saved registers.
+    let (Ok(sys), Ok(arg1)) = (unsafe { bpf_probe_read_kernel((regs + global(&REGS_NR_OFF)) as *const u64) }, unsafe {
+        bpf_probe_read_kernel((regs + global(&REGS_ARG1_OFF)) as *const u64)
+    }) else {
+        return Buffer::Unknown;
+    };
+    if arg1 == 0 {
+        return Buffer::Unknown; // kernel worker threads (io_uring's) have zeroed registers
+    }
+    let (flat_a, flat_b, vec, msg) = if kind == EventKind::Read {
+        (nr(syscall_nr::READ), nr(syscall_nr::RECVFROM), nr(syscall_nr::READV), nr(syscall_nr::RECVMSG))
+    } else {
+        (nr(syscall_nr::WRITE), nr(syscall_nr::SENDTO), nr(syscall_nr::WRITEV), nr(syscall_nr::SENDMSG))
+    };
+    if sys == flat_a || sys == flat_b {
+        return Buffer::Flat(arg1, u64::MAX);
+    }
+    let (iov, cnt) = if sys == vec {
+        // SAFETY: fault-tolerant kernel read.
+        match unsafe { bpf_probe_read_kernel((regs + global(&REGS_ARG2_OFF)) as *const u64) } {
+            Ok(cnt) => (arg1, cnt),
+            Err(_) => return Buffer::Unknown,
+        }
+    } else if sys == msg {
+        // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
+        // SAFETY: fault-tolerant user reads.
+        match unsafe { bpf_probe_read_user((arg1 + 16) as *const [u64; 2]) } {
+            Ok([iov, cnt]) => (iov, cnt),
+            Err(_) => return Buffer::Unknown,
+        }
+    } else {
+        return Buffer::Unknown;
+    };
+    if cnt == 1 {
+        // SAFETY: fault-tolerant user read of one `struct iovec`.
+        return match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+            Ok([base, len]) => Buffer::Flat(base, len),
+            Err(_) => Buffer::Unknown,
+        };
+    }
+    Buffer::Iovecs(iov, cnt)
+}
+
+#[inline(always)]
+fn capture(kind: EventKind, conn: &ConnInfo, len: u64, ts_ns: u64, pid_tgid: u64) {
+    let header = EventHeader {
+        ts_ns,
+        len,
+        conn: conn.id,
+        tgid: conn.tgid,
+        tid: pid_tgid as u32,
+        kind: kind as u16,
+        captured: 0,
+        flags: 0,
+    };
+    let want = if len < MAX_CAPTURE as u64 { len } else { MAX_CAPTURE as u64 };
+    match locate(kind) {
+        Buffer::Flat(src, seg) => {
+            let want = if seg < want { seg } else { want };
+            if want <= 64 {
+                emit_flat::<64>(header, src, want)
+            } else if want <= 256 {
+                emit_flat::<256>(header, src, want)
+            } else if want <= 1024 {
+                emit_flat::<1024>(header, src, want)
+            } else {
+                emit_flat::<MAX_CAPTURE>(header, src, want)
+            }
+        }
+        Buffer::Iovecs(iov, cnt) => {
+            bump(counter::SCRATCH_COPIES);
+            let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+            // SAFETY: per-CPU slot; nothing else on this CPU touches it while we run.
+            let scratch = unsafe { &mut *scratch };
+            let captured = copy_iovecs(scratch, want as usize, iov, cnt);
+            if (captured as u64) < len {
+                bump(counter::TRUNCATED);
+            }
+            output_scratch(scratch, EventHeader { captured: captured as u16, ..header }, captured);
+        }
+        Buffer::Unknown => {
+            bump(counter::NO_PAYLOAD);
+            output_header(EventHeader { flags: event_flag::NO_PAYLOAD, ..header });
+        }
+    }
+}
+
+// ---- programs ----
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 || ctx.arg::<u64>(2) & MSG_PEEK != 0 {
+        return 0; // nothing moved (EOF, EAGAIN, error) or peeked (will be read again)
+    }
+    let ts = now_ns();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let sk = ctx.arg::<u64>(0);
+    // SAFETY: read-only lookup, value copied.
+    let conn = match unsafe { CONNS.get(&sk) } {
+        Some(c) => *c,
+        None => match claim(sk, pid_tgid) {
+            Some(c) => c,
+            None => return 0,
+        },
+    };
+    if conn.id != 0 {
+        capture(EventKind::Read, &conn, ret as u64, ts, pid_tgid);
+    }
+    0
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
+        return 0;
+    }
+    let sk = ctx.arg::<u64>(0);
+    // SAFETY: read-only lookup, value copied.
+    let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else { return 0 };
+    if conn.id != 0 {
+        capture(EventKind::Write, &conn, ret as u64, now_ns(), bpf_get_current_pid_tgid());
+    }
+    0
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_state(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let old = ctx.arg::<u64>(1) & 0xffff_ffff;
+    let new = ctx.arg::<u64>(2) & 0xffff_ffff;
+    if new == TCP_ESTABLISHED {
+        if old == TCP_SYN_RECV {
+            // A passive open (softirq: no process yet). Remember it if it is on a followed port.
+            if let Some(port) = local_port(sk) {
+                // SAFETY: read-only lookup.
+                if unsafe { LISTEN_PORTS.get(&port) }.is_some() {
+                    let _ = PASSIVE.insert(&sk, &now_ns(), 0);
+                }
+            }
+        }
+    } else if new == TCP_LISTEN {
+        // listen(2), in the listening process's context.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if is_target(tgid) {
+            if let Some(port) = local_port(sk) {
+                if LISTEN_PORTS.insert(&port, &tgid, 0).is_err() {
+                    bump(counter::LISTEN_PORTS_FULL);
+                }
+            }
+        }
+    } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
+        if let Some(c) = CONNS.get_ptr_mut(&sk) {
+            // SAFETY: map value pointer; the socket's state changes are serialised by its lock.
+            let c = unsafe { &mut *c };
+            if c.id != 0 && c.closed == 0 {
+                c.closed = 1;
+                output_header(EventHeader {
+                    ts_ns: now_ns(),
+                    len: 0,
+                    conn: c.id,
+                    tgid: c.tgid,
+                    tid: bpf_get_current_pid_tgid() as u32,
+                    kind: EventKind::Close as u16,
+                    captured: 0,
+                    flags: 0,
+                });
+            }
+            if new == TCP_CLOSE {
+                let _ = CONNS.remove(&sk);
+            }
+        } else if new == TCP_CLOSE {
+            // SAFETY: read-only lookup.
+            if unsafe { PASSIVE.get(&sk) }.is_some() {
+                let _ = PASSIVE.remove(&sk);
+            }
+        }
+    }
+    0
+}
