@@ -8,20 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use agent_common::{phase, SampleKey};
+use agent_common::phase;
 
 use crate::symbols::Symbolizer;
 
 mod kallsyms;
+mod raw;
 
 pub use kallsyms::Kallsyms;
-
-/// What the kernel counted: per key, and the stacks the keys refer to (leaf first).
-#[derive(Debug, Default, Clone)]
-pub struct RawProfile {
-    pub samples: Vec<(SampleKey, u64)>,
-    pub stacks: HashMap<i32, Vec<u64>>,
-}
+pub use raw::{ns_to_us, RawProfile};
 
 /// One folded stack, `comm;frame;frame;…` (root first; names never contain `;`), kept as the
 /// name ids of the fold it came from: 100k distinct stacks of 2 KB each are not held as 200 MB of
@@ -173,15 +168,6 @@ impl Folded {
     pub fn unit_name(&self) -> &'static str {
         self.unit.unwrap_or("samples")
     }
-}
-
-/// Off-CPU counts arrive as nanoseconds; flamegraphs of them are in microseconds.
-pub fn ns_to_us(mut raw: RawProfile) -> RawProfile {
-    for (_, v) in &mut raw.samples {
-        *v /= 1000;
-    }
-    raw.samples.retain(|(_, v)| *v > 0);
-    raw
 }
 
 /// Outermost frames of a complete user stack on Linux (glibc/musl, Rust std, Go not included).

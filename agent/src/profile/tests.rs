@@ -1,3 +1,5 @@
+use agent_common::SampleKey;
+
 use super::*;
 
 #[test]
