@@ -2,7 +2,6 @@
 //! flamegraph SVGs (inferno) and folded files, plus a "top functions" table.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,10 +12,13 @@ use agent_common::phase;
 use crate::symbols::Symbolizer;
 
 mod kallsyms;
+mod names;
 mod raw;
 
 pub use kallsyms::Kallsyms;
 pub use raw::{ns_to_us, RawProfile};
+
+use names::Names;
 
 /// One folded stack, `comm;frame;frame;…` (root first; names never contain `;`), kept as the
 /// name ids of the fold it came from: 100k distinct stacks of 2 KB each are not held as 200 MB of
@@ -182,35 +184,6 @@ const THREAD_ROOTS: &[&str] = &[
     "__clone3",
     "thread_start",
 ];
-
-/// Function names, each held once and numbered (`;`, which separates frames in the folded
-/// format, replaced by `:`): stacks repeat the same few thousand names.
-#[derive(Debug, Default, Clone)]
-struct Names {
-    ids: HashMap<Arc<str>, u32, BuildHasherDefault<NameHasher>>,
-    by_id: Vec<Arc<str>>,
-}
-
-impl Names {
-    fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let escaped = name.replace(';', ":");
-        if let Some(&id) = self.ids.get(escaped.as_str()) {
-            return id;
-        }
-        let id = self.by_id.len() as u32;
-        let name: Arc<str> = Arc::from(escaped);
-        self.by_id.push(Arc::clone(&name));
-        self.ids.insert(name, id);
-        id
-    }
-
-    fn name(&self, id: u32) -> &str {
-        &self.by_id[id as usize]
-    }
-}
 
 /// User stacks already symbolized, by stack id (names root first, as in folded lines). Filled
 /// while the process lives: after it exits its maps and files under /proc/PID are gone.
@@ -785,33 +758,6 @@ pub fn write(
         written.extend(r.unwrap_or_else(|| Err(anyhow::anyhow!("a flamegraph writer panicked")))?);
     }
     Ok(written)
-}
-
-/// A multiply-xor hash (as rustc's FxHash) for function names: several times faster than
-/// the default SipHash on 60-byte names, and these keys come from symbol tables, not from a
-/// peer that could pick colliding names.
-#[derive(Default, Clone, Copy)]
-struct NameHasher(u64);
-
-impl std::hash::Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0xf135_7aea_2e62_a9c5;
-        let (words, rest) = bytes.as_chunks::<8>();
-        let mut h = self.0;
-        for w in words {
-            h = h.wrapping_add(u64::from_le_bytes(*w)).wrapping_mul(K);
-        }
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            h = h.wrapping_add(u64::from_le_bytes(last) ^ rest.len() as u64).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.rotate_left(26)
-    }
 }
 
 /// (function, self share, total share) of the "all" profile, by self share.
