@@ -1,6 +1,12 @@
-use agent_common::SampleKey;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
+use agent_common::{phase, SampleKey};
+
+use super::fold::{LineKeys, THREAD_ROOTS};
+use super::names::Names;
 use super::*;
+use crate::symbols::Symbolizer;
 
 #[test]
 fn kallsyms_lookup_and_phase_paths() {
