@@ -5,6 +5,7 @@ use agent_common::{phase, SampleKey};
 
 use super::fold::{LineKeys, THREAD_ROOTS};
 use super::names::Names;
+use super::svg::pruned_for_svg;
 use super::*;
 use crate::symbols::Symbolizer;
 
