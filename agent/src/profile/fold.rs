@@ -135,7 +135,8 @@ pub fn fold(
                     let known = &mut root[id as usize];
                     if *known == 0 {
                         let name = names.name(id);
-                        *known = if THREAD_ROOTS.contains(&name) || name.starts_with("[unknown libc.so") { 2 } else { 1 };
+                        *known =
+                            if THREAD_ROOTS.contains(&name) || name.starts_with("[unknown libc.so") { 2 } else { 1 };
                     }
                     *known == 2
                 });
@@ -146,7 +147,8 @@ pub fn fold(
             None => out.no_user_stack += n,
         }
         let kernel = kernel_stacks.get(&key.kernel_stack).filter(|_| key.kernel_stack >= 0);
-        let id = (if user.is_some() { key.user_stack } else { -1 }, if kernel.is_some() { key.kernel_stack } else { -1 });
+        let id =
+            (if user.is_some() { key.user_stack } else { -1 }, if kernel.is_some() { key.kernel_stack } else { -1 });
         let i = *pair_index.entry(id).or_insert_with(|| {
             pairs.push(Pair {
                 user: user.map_or(&no_user_stack[..], Vec::as_slice),
@@ -208,7 +210,8 @@ pub fn fold(
         out.by_phase.insert("all".into(), all.collect());
     }
     for slot in 0..PHASE_SLOTS {
-        let in_phase: BTreeMap<Stack, u64> = stacks.iter().filter_map(|(s, c)| c[slot].map(|n| (s.clone(), n))).collect();
+        let in_phase: BTreeMap<Stack, u64> =
+            stacks.iter().filter_map(|(s, c)| c[slot].map(|n| (s.clone(), n))).collect();
         if !in_phase.is_empty() {
             out.by_phase.insert(slot_name(slot).into(), in_phase);
         }

@@ -59,7 +59,10 @@ impl ReadsAsIs<'_> {
 /// All stacks must be of one fold (frame ids compare as names).
 /// Also returns which output lines are cut ones.
 #[allow(clippy::type_complexity)]
-pub(super) fn pruned_for_svg<'a>(lines: &[(&'a Stack, u64)], min_width: f64) -> Option<(Vec<(&'a Stack, usize, u64)>, Vec<usize>)> {
+pub(super) fn pruned_for_svg<'a>(
+    lines: &[(&'a Stack, u64)],
+    min_width: f64,
+) -> Option<(Vec<(&'a Stack, usize, u64)>, Vec<usize>)> {
     struct Open {
         /// Frames shared by the lines of this interval.
         v: usize,

@@ -56,9 +56,10 @@ fn reference_fold(raw: &RawProfile, cache: &HashMap<i32, Vec<String>>, kallsyms:
         let mut frames: Vec<String> = vec![comm.to_string()];
         match cache.get(&key.user_stack) {
             Some(names) if key.user_stack >= 0 => {
-                if !names.first().is_some_and(|root| {
-                    THREAD_ROOTS.iter().any(|r| root == r) || root.starts_with("[unknown libc.so")
-                }) {
+                if !names
+                    .first()
+                    .is_some_and(|root| THREAD_ROOTS.iter().any(|r| root == r) || root.starts_with("[unknown libc.so"))
+                {
                     out.truncated += n;
                 }
                 frames.extend(names.iter().cloned());
@@ -76,8 +77,10 @@ fn reference_fold(raw: &RawProfile, cache: &HashMap<i32, Vec<String>>, kallsyms:
         *by_phase.entry("all".into()).or_default().entry(line.clone()).or_default() += n;
         *by_phase.entry(phase_name.into()).or_default().entry(line).or_default() += n;
     }
-    out.by_phase =
-        by_phase.into_iter().map(|(p, m)| (p, m.into_iter().map(|(l, n)| (Stack::from(l.as_str()), n)).collect())).collect();
+    out.by_phase = by_phase
+        .into_iter()
+        .map(|(p, m)| (p, m.into_iter().map(|(l, n)| (Stack::from(l.as_str()), n)).collect()))
+        .collect();
     out
 }
 
@@ -115,7 +118,8 @@ fn tricky_profile(seed: u64, n: usize, heavy: u64) -> (RawProfile, HashMap<i32, 
         x ^= x << 17;
         (x % m as u64) as usize
     };
-    let kallsyms = Kallsyms::parse("ffffffff81000000 T entry;64\nffffffff81000100 t do_thing\nffffffff81000200 T schedule\n");
+    let kallsyms =
+        Kallsyms::parse("ffffffff81000000 T entry;64\nffffffff81000100 t do_thing\nffffffff81000200 T schedule\n");
     let mut raw = RawProfile::default();
     let mut cache = HashMap::new();
     for id in 0..40 {
@@ -133,7 +137,9 @@ fn tricky_profile(seed: u64, n: usize, heavy: u64) -> (RawProfile, HashMap<i32, 
     cache.insert(40, cache[&3].clone());
     raw.stacks.insert(40, vec![0x1000; cache[&3].len()]);
     for id in 100..110 {
-        let k: Vec<u64> = (0..1 + rnd(3)).map(|_| [0xffffffff81000010, 0xffffffff81000110, 0xffffffff81000210, 0x10][rnd(4)]).collect();
+        let k: Vec<u64> = (0..1 + rnd(3))
+            .map(|_| [0xffffffff81000010, 0xffffffff81000110, 0xffffffff81000210, 0x10][rnd(4)])
+            .collect();
         raw.stacks.insert(id, k);
     }
     for _ in 0..n {

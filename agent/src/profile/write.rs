@@ -91,7 +91,10 @@ pub fn write(
                         let r = std::thread::scope(|s| {
                             s.spawn(|| write_phase(folded, phase_name, stacks, svg, folded_path, title)).join()
                         });
-                        done.push((i, r.unwrap_or_else(|_| Err(anyhow::anyhow!("writing the {phase_name} flamegraph panicked")))));
+                        done.push((
+                            i,
+                            r.unwrap_or_else(|_| Err(anyhow::anyhow!("writing the {phase_name} flamegraph panicked"))),
+                        ));
                     }
                     done
                 })
