@@ -47,10 +47,12 @@ pub mod globals {
     pub const SK_NUM_OFF: &str = "SK_NUM_OFF";
     /// Offset of `struct sock`'s `sk_protocol` (u16).
     pub const SK_PROTOCOL_OFF: &str = "SK_PROTOCOL_OFF";
-    /// Offsets in `struct pt_regs` of the syscall number and the second and third arguments.
-    pub const REGS_NR_OFF: &str = "REGS_NR_OFF";
-    pub const REGS_ARG1_OFF: &str = "REGS_ARG1_OFF";
-    pub const REGS_ARG2_OFF: &str = "REGS_ARG2_OFF";
+    /// A 32-byte window of `struct pt_regs` holding the syscall number and the second and third
+    /// arguments (one read), and each one's 8-byte slot in it.
+    pub const REGS_WINDOW_OFF: &str = "REGS_WINDOW_OFF";
+    pub const REGS_NR_SLOT: &str = "REGS_NR_SLOT";
+    pub const REGS_ARG1_SLOT: &str = "REGS_ARG1_SLOT";
+    pub const REGS_ARG2_SLOT: &str = "REGS_ARG2_SLOT";
     /// This architecture's numbers of the socket I/O syscalls, packed by [`super::syscall_nr`].
     pub const SYSCALL_NRS: &str = "SYSCALL_NRS";
 }

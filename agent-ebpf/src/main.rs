@@ -12,6 +12,9 @@
 //! record layouts are in `agent-common`, the wire format both sides compile from.
 #![no_std]
 #![no_main]
+// Atomic adds on map values (the BPF target has no atomic types); built with nightly anyway.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod common;
 mod lifecycle;

@@ -25,7 +25,7 @@ use agent_common::{counter, event_flag, limits, syscall_nr, ConnInfo, EventHeade
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user, generated},
     macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
@@ -43,6 +43,32 @@ static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(limits::LISTE
 /// Connections established on a followed port since attach, until a read claims them.
 #[map]
 static PASSIVE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::PASSIVE, 0);
+/// A counting filter over `struct sock *` in front of `CONNS` for sends: every TCP send on the
+/// machine reaches `sock_send`, and an array slot (inlined by the verifier, no hashing helper) is
+/// far cheaper than a hash lookup. Claims add one to the socket's slot, the kernel's removal at
+/// `CLOSE` takes it back; entries removed by userspace leave their count (a false positive costs
+/// the hash lookup, never a missed send).
+#[map]
+static SEND_FILTER: Array<u32> = Array::with_max_entries(SEND_FILTER_SLOTS, 0);
+const SEND_FILTER_SLOTS: u32 = 1 << 16;
+
+#[inline(always)]
+fn filter_slot(sk: u64) -> u32 {
+    (((sk >> 8) ^ (sk >> 24)) & (SEND_FILTER_SLOTS as u64 - 1)) as u32
+}
+
+#[inline(always)]
+fn filter_add(sk: u64, delta: i32) {
+    if let Some(p) = SEND_FILTER.get_ptr_mut(filter_slot(sk)) {
+        // SAFETY: a map value pointer; the atomic add (BPF_ATOMIC) keeps concurrent CPUs exact.
+        // The BPF target has no `AtomicU32`, hence the intrinsic; its result is unused, so LLVM
+        // emits the plain atomic add every BPF CPU version has.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u32);
+        }
+    }
+}
+
 /// Per-CPU counter for connection ids.
 #[map]
 static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -52,12 +78,17 @@ static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static SK_NUM_OFF: u32 = u32::MAX;
 #[no_mangle]
 static SK_PROTOCOL_OFF: u32 = u32::MAX;
+/// The syscall number and its second and third arguments lie in one 32-byte window of
+/// `struct pt_regs` (checked by the loader), read with one helper call; these are the window's
+/// offset and each value's slot in it.
 #[no_mangle]
-static REGS_NR_OFF: u32 = u32::MAX;
+static REGS_WINDOW_OFF: u32 = u32::MAX;
 #[no_mangle]
-static REGS_ARG1_OFF: u32 = u32::MAX;
+static REGS_NR_SLOT: u32 = u32::MAX;
 #[no_mangle]
-static REGS_ARG2_OFF: u32 = u32::MAX;
+static REGS_ARG1_SLOT: u32 = u32::MAX;
+#[no_mangle]
+static REGS_ARG2_SLOT: u32 = u32::MAX;
 #[no_mangle]
 static SYSCALL_NRS: [u32; syscall_nr::COUNT] = [u32::MAX; syscall_nr::COUNT];
 
@@ -139,6 +170,7 @@ fn claim(sk: u64, pid_tgid: u64) -> Option<ConnInfo> {
         };
     }
     bump(counter::CLAIMED);
+    filter_add(sk, 1);
     let kind = if fresh { EventKind::Accept } else { EventKind::Joined };
     output_header(EventHeader {
         ts_ns: now_ns(),
@@ -204,12 +236,12 @@ fn locate(kind: EventKind) -> Buffer {
     if regs == 0 {
         return Buffer::Unknown;
     }
-    // SAFETY: fault-tolerant kernel reads of the saved registers.
-    let (Ok(sys), Ok(arg1)) = (unsafe { bpf_probe_read_kernel((regs + global(&REGS_NR_OFF)) as *const u64) }, unsafe {
-        bpf_probe_read_kernel((regs + global(&REGS_ARG1_OFF)) as *const u64)
-    }) else {
+    // SAFETY: fault-tolerant kernel read of the saved registers' window.
+    let Ok(window) = (unsafe { bpf_probe_read_kernel((regs + global(&REGS_WINDOW_OFF)) as *const [u64; 4]) }) else {
         return Buffer::Unknown;
     };
+    let slot = |g: &u32| window[(global(g) & 3) as usize];
+    let (sys, arg1) = (slot(&REGS_NR_SLOT), slot(&REGS_ARG1_SLOT));
     if arg1 == 0 {
         return Buffer::Unknown; // kernel worker threads (io_uring's) have zeroed registers
     }
@@ -222,11 +254,7 @@ fn locate(kind: EventKind) -> Buffer {
         return Buffer::Flat(arg1, u64::MAX);
     }
     let (iov, cnt) = if sys == vec {
-        // SAFETY: fault-tolerant kernel read.
-        match unsafe { bpf_probe_read_kernel((regs + global(&REGS_ARG2_OFF)) as *const u64) } {
-            Ok(cnt) => (arg1, cnt),
-            Err(_) => return Buffer::Unknown,
-        }
+        (arg1, slot(&REGS_ARG2_SLOT))
     } else if sys == msg {
         // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
         // SAFETY: fault-tolerant user reads.
@@ -328,6 +356,9 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let sk = ctx.arg::<u64>(0);
+    if SEND_FILTER.get(filter_slot(sk)).is_none_or(|n| *n == 0) {
+        return 0; // not a followed connection: no hash lookup
+    }
     // SAFETY: read-only lookup, value copied.
     let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else { return 0 };
     if conn.id != 0 {
@@ -380,6 +411,9 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
                 });
             }
             if new == TCP_CLOSE {
+                if c.id != 0 {
+                    filter_add(sk, -1);
+                }
                 let _ = CONNS.remove(&sk);
             }
         } else if new == TCP_CLOSE {

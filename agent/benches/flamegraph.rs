@@ -196,7 +196,8 @@ mod reference {
                 _ => frames.push("[no user stack]".to_string()),
             }
             if let Some(ips) = raw.stacks.get(&key.kernel_stack).filter(|_| key.kernel_stack >= 0) {
-                frames.extend(ips.iter().rev().map(|&ip| format!("{}_[k]", kallsyms.lookup(ip).unwrap_or("[unknown]"))));
+                frames
+                    .extend(ips.iter().rev().map(|&ip| format!("{}_[k]", kallsyms.lookup(ip).unwrap_or("[unknown]"))));
             }
             let line = frames.iter().map(|f| f.replace(';', ":")).collect::<Vec<_>>().join(";");
             let phase_name = phase::NAMES.get(key.phase as usize).copied().unwrap_or("other");
@@ -274,7 +275,9 @@ fn bench(c: &mut Criterion) {
         assert!(
             old.len() == folded.by_phase.len()
                 && old.iter().zip(&folded.by_phase).all(|((p, m), (q, f))| {
-                    p == q && m.len() == f.len() && m.iter().zip(f).all(|((l, n), (k, c))| *l == k.to_string() && n == c)
+                    p == q
+                        && m.len() == f.len()
+                        && m.iter().zip(f).all(|((l, n), (k, c))| *l == k.to_string() && n == c)
                 }),
             "fold differs from the reference"
         );

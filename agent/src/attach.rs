@@ -1,7 +1,8 @@
-//! `inferscope attach --pid PID`: load probes, follow one process, report.
+//! `inferscope attach --pid PID`: follow one process through the ingestion core, report.
 //!
-//! Pipeline: kernel ring buffer → (polled every `poll_interval`) → [`Tracker`] (decode + per
-//! connection parsers) → finished [`RequestRecord`]s → [`Report`].
+//! [`crate::ingest::Ingest`] (probes, rings, tracker) → [`Collect`] (the attach sink: finished
+//! requests and stage calls) → [`Report`]. Around it, on timers: the phase pushed to the kernel,
+//! symbolization while the target lives, stage probes for libraries loaded later, a status line.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -9,12 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::io::unix::AsyncFd;
 
-use crate::bpf::SocketProbes;
 use crate::http::RequestRecord;
+use crate::ingest::{Ingest, Sink};
 use crate::procfs;
 use crate::report::{Report, StageReport};
 use crate::stages::{self, StageCollector, StageDef, StageResolver};
-use crate::tracker::{Finished, Tracker};
+use crate::tracker::Finished;
 
 #[derive(Debug, Clone)]
 pub struct AttachOptions {
@@ -36,6 +37,9 @@ pub struct AttachOptions {
     pub gpu: Option<crate::gpu::GpuOptions>,
     /// Stream capture path (socket layer by default, syscall tracepoints as the fallback).
     pub capture: crate::capture::CaptureChoice,
+    /// Also follow the target's descendants that serve its listening sockets (pre-fork
+    /// servers: the master listens, its workers accept), now and as they come.
+    pub follow_workers: bool,
     /// Keep request paths as they were sent (they may carry IDs, keys or e-mail addresses);
     /// by default every output shows the route template instead.
     pub raw_paths: bool,
@@ -56,8 +60,47 @@ impl Default for AttachOptions {
             gpu: None,
             capture: crate::capture::CaptureChoice::Auto,
             raw_paths: false,
+            follow_workers: true,
         }
     }
+}
+
+/// The attach sink: requests kept for the report (up to a limit, the rest counted) and stage calls.
+struct Collect {
+    kept: Vec<RequestRecord>,
+    not_kept: u64,
+    max: usize,
+    stages: StageCollector,
+}
+
+impl Sink for Collect {
+    fn request(&mut self, f: Finished) {
+        if self.kept.len() < self.max {
+            self.kept.push(f.record);
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    fn stage(&mut self, call: &agent_common::StageEvent) {
+        self.stages.push(call);
+    }
+}
+
+/// Everything one attach run holds between its start and its report.
+struct Run {
+    opts: AttachOptions,
+    target: crate::report::TargetInfo,
+    ingest: Ingest,
+    sink: Collect,
+    resolver: Option<StageResolver>,
+    gpu: Option<crate::gpu::GpuTelemetry>,
+    symbolizer: crate::symbols::Symbolizer,
+    user_frames: crate::profile::UserFrames,
+    run_start_ns: u64,
+    started: Instant,
+    /// Workers followed besides the target (pre-fork servers), in the order found.
+    workers: Vec<u32>,
 }
 
 /// Runs until the duration elapses, Ctrl-C / SIGTERM, or the target exits; returns the report.
@@ -67,252 +110,281 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
     // SAFETY: the pidfd is an OwnedFd moved into the AsyncFd, so it stays open while registered.
     let exited = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("cannot poll the target's pidfd: {e}"))?;
-
-    let mut probes = SocketProbes::load(opts.ring_bytes, opts.capture.with_env())?;
-    let mut tracker = Tracker::new();
-    // Probes are attached first, so a connection accepted from here on is seen; connections
-    // already open are found (socket capture: at their next read; syscalls: from /proc now).
-    let existing = probes.follow(opts.pid)?;
-    for &conn in &existing {
-        tracker.add_existing(opts.pid, conn);
-    }
-    let mut ring = probes.take_events()?;
-    let mut resolver = (!opts.stages.is_empty()).then(|| StageResolver::new(opts.pid, opts.stages.clone()));
-    let mut stage_ring = None;
-    if let Some(r) = &mut resolver {
-        let found = r.scan(true)?;
-        attach_stages(&mut probes, &r.defs().to_vec(), &found, opts.pid)?;
-        for d in r.pending() {
-            log::info!("stage `{}` waits for {} to be loaded", d.name, d.library.as_deref().unwrap_or("its library"));
-        }
-        stage_ring = Some(probes.take_stage_events()?);
-    }
-    let mut collector = StageCollector::default();
-    if let Some(hz) = opts.sample_hz {
-        probes.start_profiler(opts.pid, hz)?;
-    }
-    let profiling = opts.sample_hz.is_some() || opts.offcpu;
-    if opts.offcpu {
-        probes.set_phase(opts.pid, agent_common::phase::IDLE)?;
-        probes.start_offcpu()?;
-    }
-    let mut last_phase = agent_common::phase::IDLE;
-    // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
-    let mut gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
-    let run_start_ns = crate::event::monotonic_ns();
-    let mut symbolizer = crate::symbols::Symbolizer::new();
-    let mut user_frames = crate::profile::UserFrames::new();
-    log::info!(
-        "attached to pid {} ({}), capture: {}{}",
-        opts.pid,
-        target.comm,
-        probes.mode.name(),
-        if existing.is_empty() {
-            String::new()
-        } else {
-            format!(", following {} open inbound connection(s)", existing.len())
-        }
-    );
-
-    let started = Instant::now();
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut poll = tokio::time::interval(opts.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut rescan = tokio::time::interval(Duration::from_secs(1));
-    // Both listeners live across loop turns: a signal that arrives while a turn drains the rings
-    // is kept for the next `select!`, never lost.
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let tty = std::io::stderr().is_terminal();
-
-    let mut kept: Vec<RequestRecord> = Vec::new();
-    let mut not_kept = 0u64;
-    let mut finished: Vec<Finished> = Vec::new();
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-                     tracker: &mut Tracker,
-                     kept: &mut Vec<RequestRecord>,
-                     not_kept: &mut u64| {
-        while let Some(item) = ring.next() {
-            tracker.handle(&item, &mut finished);
-        }
-        for f in finished.drain(..) {
-            if kept.len() < opts.max_requests {
-                kept.push(f.record);
-            } else {
-                *not_kept += 1;
-            }
-        }
-    };
-
-    let ended_by = loop {
-        tokio::select! {
-            _ = poll.tick() => {
-                drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
-                if let Some(sr) = &mut stage_ring {
-                    drain_stages(sr, &mut collector);
-                }
-                if profiling {
-                    let phase = tracker.phase(opts.pid);
-                    if phase != last_phase && probes.set_phase(opts.pid, phase).is_ok() {
-                        last_phase = phase;
-                    }
-                }
-            }
-            _ = rescan.tick(), if resolver.is_some() || profiling => {
-                // Symbolize while the process (its maps, its files under /proc/PID/root) exists.
-                if opts.sample_hz.is_some() {
-                    match probes.read_samples() {
-                        Ok(raw) => crate::profile::symbolize_new(&raw, &mut symbolizer, &mut user_frames),
-                        Err(e) => log::warn!("reading CPU samples: {e}"),
-                    }
-                }
-                if opts.offcpu {
-                    match probes.read_offcpu() {
-                        Ok(raw) => crate::profile::symbolize_new(&raw, &mut symbolizer, &mut user_frames),
-                        Err(e) => log::warn!("reading off-CPU time: {e}"),
-                    }
-                }
-                // Libraries loaded since the last look (dlopen) get their probes now.
-                if let Some(r) = &mut resolver {
-                    match r.scan(false) {
-                        Ok(found) if !found.is_empty() => {
-                            if let Err(e) = attach_stages(&mut probes, &r.defs().to_vec(), &found, opts.pid) {
-                                log::warn!("{e}");
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => log::warn!("{e}"),
-                    }
-                }
-            }
-            _ = status_tick.tick(), if opts.status => {
-                let k = probes.counters();
-                let line = format!(
-                    "inferscope: pid {} {} | {:>5.0}s | requests {} | in flight {} | connections {} | events {} | lost {}",
-                    opts.pid, target.comm, started.elapsed().as_secs_f64(), kept.len() as u64 + not_kept,
-                    tracker.in_flight(), tracker.connections(), tracker.events.reads + tracker.events.writes, k.lost_total()
-                );
-                let mut err = std::io::stderr().lock();
-                if tty {
-                    let _ = write!(err, "\r\x1b[K{line}");
-                } else if started.elapsed().as_secs() % 10 == 0 {
-                    let _ = writeln!(err, "{line}");
-                }
-                let _ = err.flush();
-            }
-            _ = exited.readable() => break "target exited",
-            _ = sigint.recv() => break "interrupted",
-            _ = sigterm.recv() => break "interrupted",
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break "duration",
-        }
-    };
-    if tty && opts.status {
-        eprintln!();
-    }
-    // The kernel may still hold records written before we stopped: take them all.
-    drain(&mut ring, &mut tracker, &mut kept, &mut not_kept);
-    if let Some(sr) = &mut stage_ring {
-        drain_stages(sr, &mut collector);
-    }
-    // Streams still open now never end inside this run: socket capture has their close records
-    // when the target exited (the kernel closed its sockets); syscall capture does not see those
-    // closes. Either way what is left comes out as partial records, with why.
-    let reason = if ended_by == "target exited" { "target exited mid-stream" } else { "run ended mid-stream" };
-    tracker.finish_all(reason, &mut finished);
-    for f in finished.drain(..) {
-        if kept.len() < opts.max_requests {
-            kept.push(f.record);
-        } else {
-            not_kept += 1;
-        }
-    }
-    let kernel = probes.counters();
-    let cpu_profile = match opts.sample_hz {
-        Some(_) => Some(probes.read_samples()?),
-        None => None,
-    };
-    let offcpu_profile = if opts.offcpu { Some(crate::profile::ns_to_us(probes.read_offcpu()?)) } else { None };
-    let duration_s = started.elapsed().as_secs_f64();
-    let run_end_ns = crate::event::monotonic_ns();
-    if let Some(g) = &mut gpu {
-        g.stop_sampling();
-    }
-    let capture = crate::report::CaptureInfo { mode: probes.mode, fallback_reason: probes.fallback_reason.clone() };
-    let kernel_maps = probes.map_fill();
-    let _ = probes.unfollow(opts.pid);
-    drop(probes); // detaches every program
-
-    kept.sort_by_key(|r| r.request_ns);
-    if !opts.raw_paths {
-        for r in &mut kept {
-            r.path = crate::http::route::route_template(&r.path);
-        }
-    }
-    let stage_report = resolver.map(|r| {
-        let names: Vec<String> = r.defs().iter().map(|d| d.name.clone()).collect();
-        let prefill: Vec<Option<String>> = r.defs().iter().map(|d| d.prefill_name.clone()).collect();
-        let attribution = stages::attribute(&kept, &collector.calls, &names, &prefill);
-        let summaries = stages::summarize(&collector.calls, &attribution, &names, &prefill);
-        StageReport {
-            summaries,
-            attribution,
-            calls: collector.calls,
-            calls_not_kept: collector.not_kept,
-            pending: r.pending().iter().map(|d| d.name.clone()).collect(),
-        }
-    });
-    let gpu = gpu.map(|g| {
-        let (calls, names) = stage_report
-            .as_ref()
-            .map_or((&[][..], &[][..]), |st| (st.calls.as_slice(), st.attribution.call_names.as_slice()));
-        crate::gpu::join::join(&g, opts.pid, (run_start_ns, run_end_ns), &kept, calls, names)
-    });
-    let kallsyms = crate::profile::Kallsyms::load();
-    let cpu =
-        cpu_profile.map(|raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm));
-    let offcpu = offcpu_profile.map(|raw| crate::profile::Folded {
-        unit: Some("us"),
-        ..crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm)
-    });
-    Ok(Report {
-        cpu,
-        offcpu,
-        gpu,
-        stages: stage_report,
-        target,
-        requests: kept,
-        requests_not_kept: not_kept,
-        duration_s,
-        events: tracker.events,
-        kernel,
-        parse: tracker.parse_counters(),
-        ended_by: ended_by.to_string(),
-        capture,
-        kernel_maps,
-    })
+    let mut run = Run::start(opts, target)?;
+    let ended_by = run.wait(&exited).await?;
+    run.finish(ended_by)
 }
 
-fn attach_stages(
-    probes: &mut SocketProbes,
-    defs: &[StageDef],
-    found: &[stages::Attachment],
-    pid: u32,
-) -> anyhow::Result<()> {
+impl Run {
+    fn start(opts: AttachOptions, target: crate::report::TargetInfo) -> anyhow::Result<Self> {
+        let mut ingest = Ingest::load(opts.ring_bytes, opts.capture)?;
+        // Probes are attached first, so a connection accepted from here on is seen; connections
+        // already open are found (socket capture: at their next read; syscalls: from /proc now).
+        let existing = ingest.follow(opts.pid)?;
+        let mut resolver = (!opts.stages.is_empty()).then(|| StageResolver::new(opts.pid, opts.stages.clone()));
+        if let Some(r) = &mut resolver {
+            let found = r.scan(true)?;
+            attach_stages(&mut ingest, r.defs(), &found, opts.pid)?;
+            for d in r.pending() {
+                log::info!(
+                    "stage `{}` waits for {} to be loaded",
+                    d.name,
+                    d.library.as_deref().unwrap_or("its library")
+                );
+            }
+            ingest.enable_stages()?;
+        }
+        if let Some(hz) = opts.sample_hz {
+            ingest.probes.start_profiler(opts.pid, hz)?;
+        }
+        if opts.offcpu {
+            ingest.probes.set_phase(opts.pid, agent_common::phase::IDLE)?;
+            ingest.probes.start_offcpu()?;
+        }
+        // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
+        let gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
+        let mut run = Self {
+            sink: Collect { kept: Vec::new(), not_kept: 0, max: opts.max_requests, stages: StageCollector::default() },
+            opts,
+            target,
+            ingest,
+            resolver,
+            gpu,
+            symbolizer: crate::symbols::Symbolizer::new(),
+            user_frames: crate::profile::UserFrames::new(),
+            run_start_ns: crate::event::monotonic_ns(),
+            started: Instant::now(),
+            workers: Vec::new(),
+        };
+        // Workers first: "attached" means every process serving the target's sockets is followed.
+        run.follow_new_workers();
+        log::info!(
+            "attached to pid {} ({}), capture: {}{}",
+            run.opts.pid,
+            run.target.comm,
+            run.ingest.probes.mode.name(),
+            if existing == 0 { String::new() } else { format!(", following {existing} open inbound connection(s)") }
+        );
+        Ok(run)
+    }
+
+    /// Follows workers of a pre-fork target not followed yet (its connections are accepted by
+    /// them, not by the process given with --pid).
+    fn follow_new_workers(&mut self) {
+        if !self.opts.follow_workers {
+            return;
+        }
+        for w in procfs::workers_of(self.opts.pid) {
+            if self.workers.contains(&w) || self.workers.len() >= 256 {
+                continue;
+            }
+            match self.ingest.follow(w) {
+                Ok(_) => {
+                    log::info!(
+                        "following worker pid {w} of pid {} (it serves the same listening socket)",
+                        self.opts.pid
+                    );
+                    self.workers.push(w);
+                }
+                Err(e) => log::warn!("cannot follow worker pid {w}: {e}"),
+            }
+        }
+    }
+
+    fn profiling(&self) -> bool {
+        self.opts.sample_hz.is_some() || self.opts.offcpu
+    }
+
+    /// The run loop; returns why it ended.
+    async fn wait(&mut self, exited: &AsyncFd<std::os::fd::OwnedFd>) -> anyhow::Result<&'static str> {
+        let deadline = self.opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut poll = tokio::time::interval(self.opts.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut rescan = tokio::time::interval(Duration::from_secs(1));
+        // Both listeners live across loop turns: a signal that arrives while a turn drains the
+        // rings is kept for the next `select!`, never lost.
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let tty = std::io::stderr().is_terminal();
+        let ended_by = loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    self.ingest.drain(&mut self.sink);
+                    if self.profiling() {
+                        self.ingest.push_phase(self.opts.pid);
+                    }
+                }
+                _ = rescan.tick() => self.rescan(),
+                _ = status_tick.tick(), if self.opts.status => self.status_line(tty),
+                _ = exited.readable() => break "target exited",
+                _ = sigint.recv() => break "interrupted",
+                _ = sigterm.recv() => break "interrupted",
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break "duration",
+            }
+        };
+        if tty && self.opts.status {
+            eprintln!();
+        }
+        Ok(ended_by)
+    }
+
+    /// Once a second: symbolize while the process (its maps, its files under /proc/PID/root)
+    /// exists, and probe stage functions in libraries loaded since the last look (dlopen).
+    fn rescan(&mut self) {
+        self.follow_new_workers();
+        let probes = &self.ingest.probes;
+        let reads = [
+            (self.opts.sample_hz.is_some(), "CPU samples", SocketProbesRead::Samples),
+            (self.opts.offcpu, "off-CPU time", SocketProbesRead::OffCpu),
+        ];
+        for (_, what, which) in reads.into_iter().filter(|r| r.0) {
+            let read = match which {
+                SocketProbesRead::Samples => probes.read_samples(),
+                SocketProbesRead::OffCpu => probes.read_offcpu(),
+            };
+            match read {
+                Ok(raw) => crate::profile::symbolize_new(&raw, &mut self.symbolizer, &mut self.user_frames),
+                Err(e) => log::warn!("reading {what}: {e}"),
+            }
+        }
+        if let Some(r) = &mut self.resolver {
+            match r.scan(false) {
+                Ok(found) if !found.is_empty() => {
+                    if let Err(e) = attach_stages(&mut self.ingest, r.defs(), &found, self.opts.pid) {
+                        log::warn!("{e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+    }
+
+    fn status_line(&self, tty: bool) {
+        let k = self.ingest.probes.counters();
+        let t = &self.ingest.tracker;
+        let line = format!(
+            "inferscope: pid {} {} | {:>5.0}s | requests {} | in flight {} | connections {} | events {} | lost {}",
+            self.opts.pid,
+            self.target.comm,
+            self.started.elapsed().as_secs_f64(),
+            self.sink.kept.len() as u64 + self.sink.not_kept,
+            t.in_flight(),
+            t.connections(),
+            t.events.reads + t.events.writes,
+            k.lost_total()
+        );
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let _ = write!(err, "\r\x1b[K{line}");
+        } else if self.started.elapsed().as_secs() % 10 == 0 {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    /// Takes what the kernel still holds, ends open streams as partial, reads the profiles and
+    /// counters, detaches, and builds the report.
+    fn finish(mut self, ended_by: &'static str) -> anyhow::Result<Report> {
+        // Streams still open now never end inside this run: socket capture has their close
+        // records when the target exited (the kernel closed its sockets); syscall capture does
+        // not see those closes. Either way what is left comes out as partial records, with why.
+        let reason = if ended_by == "target exited" { "target exited mid-stream" } else { "run ended mid-stream" };
+        self.ingest.finish(reason, &mut self.sink);
+        let probes = &self.ingest.probes;
+        let kernel = probes.counters();
+        let cpu_profile = if self.opts.sample_hz.is_some() { Some(probes.read_samples()?) } else { None };
+        let offcpu_profile =
+            if self.opts.offcpu { Some(crate::profile::ns_to_us(probes.read_offcpu()?)) } else { None };
+        let duration_s = self.started.elapsed().as_secs_f64();
+        let run_end_ns = crate::event::monotonic_ns();
+        if let Some(g) = &mut self.gpu {
+            g.stop_sampling();
+        }
+        let capture = crate::report::CaptureInfo { mode: probes.mode, fallback_reason: probes.fallback_reason.clone() };
+        let kernel_maps = probes.map_fill();
+        let Self {
+            opts,
+            mut target,
+            mut ingest,
+            sink,
+            resolver,
+            gpu,
+            mut symbolizer,
+            mut user_frames,
+            run_start_ns,
+            workers,
+            ..
+        } = self;
+        let mut discard = Collect { kept: Vec::new(), not_kept: 0, max: 0, stages: Default::default() };
+        for pid in workers.iter().chain([&opts.pid]) {
+            ingest.unfollow(*pid, reason, &mut discard);
+        }
+        target.workers = workers;
+        let (events, parse) = (ingest.tracker.events, ingest.tracker.parse_counters());
+        drop(ingest); // detaches every program
+
+        let Collect { mut kept, not_kept, stages: collector, .. } = sink;
+        kept.sort_by_key(|r| r.request_ns);
+        if !opts.raw_paths {
+            for r in &mut kept {
+                r.path = crate::http::route::route_template(&r.path);
+            }
+        }
+        let stage_report = resolver.map(|r| {
+            let names: Vec<String> = r.defs().iter().map(|d| d.name.clone()).collect();
+            let prefill: Vec<Option<String>> = r.defs().iter().map(|d| d.prefill_name.clone()).collect();
+            let attribution = stages::attribute(&kept, &collector.calls, &names, &prefill);
+            let summaries = stages::summarize(&collector.calls, &attribution, &names, &prefill);
+            StageReport {
+                summaries,
+                attribution,
+                calls: collector.calls,
+                calls_not_kept: collector.not_kept,
+                pending: r.pending().iter().map(|d| d.name.clone()).collect(),
+            }
+        });
+        let gpu = gpu.map(|g| {
+            let (calls, names) = stage_report
+                .as_ref()
+                .map_or((&[][..], &[][..]), |st| (st.calls.as_slice(), st.attribution.call_names.as_slice()));
+            crate::gpu::join::join(&g, opts.pid, (run_start_ns, run_end_ns), &kept, calls, names)
+        });
+        let kallsyms = crate::profile::Kallsyms::load();
+        let mut fold = |raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm);
+        let cpu = cpu_profile.map(&mut fold);
+        let offcpu = offcpu_profile.map(|raw| crate::profile::Folded { unit: Some("us"), ..fold(raw) });
+        Ok(Report {
+            cpu,
+            offcpu,
+            gpu,
+            stages: stage_report,
+            target,
+            requests: kept,
+            requests_not_kept: not_kept,
+            duration_s,
+            events,
+            kernel,
+            parse,
+            ended_by: ended_by.to_string(),
+            capture,
+            kernel_maps,
+        })
+    }
+}
+
+/// Which in-kernel counts a rescan reads.
+enum SocketProbesRead {
+    Samples,
+    OffCpu,
+}
+
+fn attach_stages(ingest: &mut Ingest, defs: &[StageDef], found: &[stages::Attachment], pid: u32) -> anyhow::Result<()> {
     for a in found {
-        probes.attach_stage(a.stage, &a.open_path, a.file_offset, pid, true)?;
+        ingest.probes.attach_stage(a.stage, &a.open_path, a.file_offset, pid, true)?;
         let name = defs.get(a.stage as usize).map_or("?", |d| d.name.as_str());
         log::info!("stage `{name}`: probing {} in {}", a.function, a.module.display());
     }
     Ok(())
-}
-
-fn drain_stages(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, collector: &mut StageCollector) {
-    while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<agent_common::StageEvent>() {
-            // SAFETY: length checked; read_unaligned has no alignment requirement.
-            let ev: agent_common::StageEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            collector.push(&ev);
-        }
-    }
 }

@@ -91,3 +91,61 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Decodes a stage record (`STAGE_EVENTS`): a whole `StageEvent` or an error, never a panic.
+pub fn decode_stage(bytes: &[u8]) -> Result<agent_common::StageEvent, DecodeError> {
+    decode_fixed(bytes)
+}
+
+/// Decodes a process lifecycle record (`PROC_EVENTS`).
+pub fn decode_proc(bytes: &[u8]) -> Result<agent_common::ProcEvent, DecodeError> {
+    decode_fixed(bytes)
+}
+
+/// A fixed-size `#[repr(C)]` record: at least `size_of::<T>()` bytes, read unaligned.
+fn decode_fixed<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; `T: Pod` is plain data valid for any bytes; read_unaligned has no
+    // alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use agent_common::{ProcEvent, StageEvent};
+
+    fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+        // SAFETY: plain data, read as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn stage_and_proc_records_round_trip_and_every_cut_is_an_error() {
+        let st = StageEvent { start_ns: 5, end_ns: 9, tgid: 7, tid: 8, stage: 3, depth: 1 };
+        let b = bytes_of(&st);
+        assert_eq!(decode_stage(&b), Ok(st));
+        for cut in 0..b.len() {
+            assert_eq!(decode_stage(&b[..cut]), Err(DecodeError::Short(cut)));
+        }
+        let pe = ProcEvent { ts_ns: 1, tgid: 2, kind: agent_common::proc_event::EXIT };
+        let b = bytes_of(&pe);
+        assert_eq!(decode_proc(&b), Ok(pe));
+        for cut in 0..b.len() {
+            assert!(decode_proc(&b[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn data_records_split_at_every_offset() {
+        let bytes = encode(EventKind::Read, 42, 7, 1 << 40, 300, b"GET / HTTP/1.1\r\n\r\n");
+        for cut in 0..bytes.len() {
+            let (a, _) = bytes.split_at(cut);
+            assert!(decode(a).is_err(), "a record cut at {cut} is an error");
+        }
+        let e = decode(&bytes).unwrap();
+        assert_eq!((e.conn, e.len, e.no_payload), (1 << 40, 300, false));
+    }
+}

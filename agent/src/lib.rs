@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod event;
 pub mod gpu;
 pub mod http;
+pub mod ingest;
 pub mod procfs;
 pub mod profile;
 pub mod report;

@@ -89,6 +89,10 @@ enum Command {
         /// (`/v1/threads/{id}/runs`) unless this is given.
         #[arg(long)]
         raw_paths: bool,
+        /// Follow only --pid, not the workers of a pre-fork server (processes below it that
+        /// serve its listening sockets; followed by default, as they come and go).
+        #[arg(long)]
+        no_workers: bool,
     },
 }
 
@@ -132,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nvml_library,
             capture,
             raw_paths,
+            no_workers,
         } => {
             anyhow::ensure!(
                 !off_cpu || flamegraph.is_some() || folded.is_some(),
@@ -169,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 capture,
                 raw_paths,
+                follow_workers: !no_workers,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

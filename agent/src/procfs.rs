@@ -23,7 +23,7 @@ pub fn target_info(pid: u32) -> Result<TargetInfo, ProcError> {
         _ => ProcError::Io { pid, source: e },
     })?;
     let exe = fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-    Ok(TargetInfo { pid, comm: comm.trim().to_string(), exe })
+    Ok(TargetInfo { pid, comm: comm.trim().to_string(), exe, workers: Vec::new() })
 }
 
 /// Refuses, with one line, a PID that cannot be measured: this agent itself, a kernel thread
@@ -91,6 +91,42 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// Processes below `pid` (children, grandchildren…) that hold one of the TCP sockets `pid`
+/// listens on: the workers of a pre-fork server (uvicorn/gunicorn `--workers`, multiprocessing),
+/// which accept the connections their master's socket receives.
+pub fn workers_of(pid: u32) -> Vec<u32> {
+    let (rows, fds) = tcp_sockets(pid);
+    let mine: HashSet<u64> = fds.iter().map(|&(_, inode)| inode).collect();
+    let listening: HashSet<u64> =
+        rows.iter().filter(|r| r.state == 0x0A && mine.contains(&r.inode)).map(|r| r.inode).collect();
+    if listening.is_empty() {
+        return Vec::new();
+    }
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(child);
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = children.get(&pid).cloned().unwrap_or_default();
+    while let Some(p) = todo.pop() {
+        if out.len() >= 1024 {
+            break; // bounded: a fork bomb is not a server
+        }
+        todo.extend(children.get(&p).into_iter().flatten().copied());
+        let (_, theirs) = tcp_sockets(p);
+        if theirs.iter().any(|(_, inode)| listening.contains(inode)) {
+            out.push(p);
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 /// File descriptors of established TCP connections that arrived on one of the process's

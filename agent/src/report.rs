@@ -21,6 +21,9 @@ pub struct TargetInfo {
     pub pid: u32,
     pub comm: String,
     pub exe: String,
+    /// Workers followed with it (pre-fork servers: they accept what its socket receives).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<u32>,
 }
 
 /// One request as written to JSON: exactly the documented field names.
@@ -65,7 +68,6 @@ pub struct StageReport {
 
 impl From<&RequestRecord> for RequestJson {
     fn from(r: &RequestRecord) -> Self {
-        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / NS;
         Self {
             method: r.method.clone(),
             path: r.path.clone(),
@@ -74,10 +76,10 @@ impl From<&RequestRecord> for RequestJson {
             first_byte_ns: r.first_byte_ns,
             first_token_ns: r.first_token_ns,
             end_ns: r.end_ns,
-            ttfb_s: secs(r.request_ns, r.first_byte_ns),
-            ttft_s: r.first_token_ns.map(|t| secs(r.request_ns, t)),
-            e2e_s: secs(r.request_ns, r.end_ns),
-            itl_s: r.content_write_ns.windows(2).map(|w| secs(w[0], w[1])).collect(),
+            ttfb_s: r.ttfb_s(),
+            ttft_s: r.ttft_s(),
+            e2e_s: r.e2e_s(),
+            itl_s: r.itl_s().collect(),
             chunks: r.chunks,
             tokens: r.tokens,
             stages: None,
@@ -372,6 +374,10 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 Some(why) => format!("{} ({why})", s.capture.mode.name()),
             }
         );
+        if !self.target.workers.is_empty() {
+            let pids: Vec<String> = self.target.workers.iter().map(u32::to_string).collect();
+            let _ = writeln!(o, "followed with its workers (they serve its listening socket): pid {}", pids.join(", "));
+        }
         let _ = writeln!(
             o,
             "requests {} ({} streaming)   chunks/s {:.1}   tokens/s {}   lost events {}",
@@ -624,7 +630,7 @@ mod tests {
     #[test]
     fn render_has_table_and_waterfall() {
         let report = Report {
-            target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into() },
+            target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new() },
             requests: vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)],
             requests_not_kept: 0,
             duration_s: 1.0,

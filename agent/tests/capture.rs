@@ -121,6 +121,68 @@ fn io_uring_server_is_counted_not_invented() {
     assert!(text.contains("not captured:") && text.contains("io_uring"), "{text}");
 }
 
+/// A pre-fork server: the master listens, two forked workers accept and stream (as uvicorn or
+/// gunicorn with `--workers 2`).
+const PREFORK: &str = r#"
+import os, socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); s.listen(16)
+def chunk(b): return b"%x\r\n" % len(b) + b + b"\r\n"
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            c, _ = s.accept()
+            req = b""
+            while b"\r\n\r\n" not in req:
+                req += c.recv(4096)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            for i in range(3):
+                time.sleep(0.003)
+                c.sendall(chunk(b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i))
+            c.sendall(chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            c.close()
+    kids.append(pid)
+print("LISTENING", s.getsockname()[1], " ".join(map(str, kids)), flush=True)
+time.sleep(120)
+"#;
+
+#[test]
+fn a_pre_fork_server_is_followed_through_its_workers() {
+    let _serial = require_root();
+    let dir = scratch_dir("prefork");
+    let mut master = Command::new("python3").args(["-c", PREFORK]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(master.stdout.take().unwrap()), &mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let port: u16 = words[1].parse().unwrap();
+    let mut kids: Vec<u64> = words[2..].iter().map(|w| w.parse().unwrap()).collect();
+    kids.sort_unstable();
+    let agent = Agent::attach(master.id(), &dir.join("report.json"), &[]);
+    for i in 0..6 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /v1/chat/completions/w{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink).unwrap();
+        assert!(sink.ends_with(b"0\r\n\r\n"));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = agent.stop();
+    for k in &kids {
+        let _ = Command::new("kill").arg(k.to_string()).status();
+    }
+    let _ = master.kill();
+    let _ = master.wait();
+    let mut followed: Vec<u64> =
+        report["target"]["workers"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    followed.sort_unstable();
+    assert_eq!(followed, kids, "the workers serving the master's socket are followed");
+    let got = requests_by_path(&report);
+    assert_eq!(got.len(), 6, "{}", report["summary"]);
+    assert!(got.values().all(|r| r["chunks"] == 3 && r["partial"].is_null()));
+}
+
 trait TapMkdir {
     fn tap_mkdir(self) -> Self;
 }

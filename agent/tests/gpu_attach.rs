@@ -155,7 +155,10 @@ fn per_request_and_per_stage_gpu_and_cuda_calls_match_the_script() {
     assert!((dev_sync - want).abs() < want * 0.2, "device_synchronize mean {dev_sync} s, stand-in waits {want} s");
     let stream_sync = stage_mean("stream_synchronize").unwrap();
     let want = (DECODE_LAUNCHES * KERNEL_US) as f64 / 1e6;
-    assert!((stream_sync - want).abs() < want * 0.2, "stream_synchronize mean {stream_sync} s, stand-in waits {want} s");
+    assert!(
+        (stream_sync - want).abs() < want * 0.2,
+        "stream_synchronize mean {stream_sync} s, stand-in waits {want} s"
+    );
 
     // ---- GPU utilization per request, per phase and per stage ----
     let gpu = &report["gpu"];
@@ -198,7 +201,10 @@ fn per_request_and_per_stage_gpu_and_cuda_calls_match_the_script() {
     let run_s = report["summary"]["duration_s"].as_f64().unwrap();
     assert!(ticks as f64 >= run_s * 20.0 * 0.7, "{ticks} ticks in {run_s} s at 20 Hz");
     // The terminal report shows the same.
-    eprintln!("{}", text.lines().skip_while(|l| !l.starts_with("GPU utilization")).take(12).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        text.lines().skip_while(|l| !l.starts_with("GPU utilization")).take(12).collect::<Vec<_>>().join("\n")
+    );
     assert!(text.contains("waiting for first token (prefill)") && text.contains("SM  90.0%"), "{text}");
     assert!(text.contains("too short for NVML's sampling period"), "{text}");
     assert!(text.contains("gpu 90/30%"), "{text}");

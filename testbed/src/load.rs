@@ -113,8 +113,14 @@ fn worker(cfg: &Config) -> Vec<(usize, RequestResult)> {
         }
         let id = format!("{}{n}", cfg.id_prefix);
         let start = Instant::now();
-        let mut result =
-            RequestResult { id: id.clone(), status: 0, body_bytes: 0, elapsed: Duration::ZERO, sent_ns: 0, error: None };
+        let mut result = RequestResult {
+            id: id.clone(),
+            status: 0,
+            body_bytes: 0,
+            elapsed: Duration::ZERO,
+            sent_ns: 0,
+            error: None,
+        };
         match one_request(cfg, &mut conn, &id, &mut result) {
             Ok(reusable) => {
                 if !reusable {

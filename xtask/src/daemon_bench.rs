@@ -150,7 +150,11 @@ fn one_run(dir: &std::path::Path, with_agent: bool) -> Result<Run> {
     if agent.is_some() {
         wait_targets(&addr, TARGETS as f64)?;
     }
-    let chunks0 = if agent.is_some() { metric_sum(&http(&addr, "GET", "/metrics")?.1, "inferscope_stream_chunks_total") } else { 0.0 };
+    let chunks0 = if agent.is_some() {
+        metric_sum(&http(&addr, "GET", "/metrics")?.1, "inferscope_stream_chunks_total")
+    } else {
+        0.0
+    };
     let server_cpu0: f64 = servers.procs.iter().map(|p| cpu_ns(p.0.id())).sum::<Result<f64>>()?;
     let agent_cpu0 = agent.as_ref().map(|a| cpu_ns(a.0.id())).transpose()?;
     let tokens: f64 = STREAM_QUERY.split('&').find_map(|kv| kv.strip_prefix("tokens=")).context("tokens")?.parse()?;
@@ -176,11 +180,8 @@ fn one_run(dir: &std::path::Path, with_agent: bool) -> Result<Run> {
     let wall = t0.elapsed().as_secs_f64();
     let events = tokens * (TARGETS * STREAMS_PER_TARGET) as f64;
     let server_cpu: f64 = servers.procs.iter().map(|p| cpu_ns(p.0.id())).sum::<Result<f64>>()? - server_cpu0;
-    let mut r = Run {
-        asked_events_per_s: events / wall,
-        server_cpu_ns_per_event: server_cpu / events,
-        ..Run::default()
-    };
+    let mut r =
+        Run { asked_events_per_s: events / wall, server_cpu_ns_per_event: server_cpu / events, ..Run::default() };
     if let (Some(a), Some(c0)) = (&agent, agent_cpu0) {
         r.agent_cpu_share = (cpu_ns(a.0.id())? - c0) / (wall * 1e9);
         r.agent_rss_kib = rss_hwm_kib(a.0.id());
@@ -269,7 +270,11 @@ pub fn run(rounds: usize) -> Result<()> {
                 if w { format!(", agent counted {:>7.0}/s", r.counted_events_per_s) } else { String::new() },
                 r.server_cpu_ns_per_event,
                 if w {
-                    format!("  agent {:.2}% of a core, peak RSS {:.1} MiB", r.agent_cpu_share * 100.0, r.agent_rss_kib as f64 / 1024.0)
+                    format!(
+                        "  agent {:.2}% of a core, peak RSS {:.1} MiB",
+                        r.agent_cpu_share * 100.0,
+                        r.agent_rss_kib as f64 / 1024.0
+                    )
                 } else {
                     String::new()
                 }

@@ -147,9 +147,10 @@ impl SocketProbes {
             loader
                 .override_global(g::SK_NUM_OFF, &l.sk_num_off, true)
                 .override_global(g::SK_PROTOCOL_OFF, &l.sk_protocol_off, true)
-                .override_global(g::REGS_NR_OFF, &l.regs_nr_off, true)
-                .override_global(g::REGS_ARG1_OFF, &l.regs_arg1_off, true)
-                .override_global(g::REGS_ARG2_OFF, &l.regs_arg2_off, true)
+                .override_global(g::REGS_WINDOW_OFF, &l.regs_window_off, true)
+                .override_global(g::REGS_NR_SLOT, &l.regs_slots[0], true)
+                .override_global(g::REGS_ARG1_SLOT, &l.regs_slots[1], true)
+                .override_global(g::REGS_ARG2_SLOT, &l.regs_slots[2], true)
                 .override_global(g::SYSCALL_NRS, &l.syscall_nrs, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {

@@ -62,10 +62,24 @@ impl CaptureChoice {
 pub struct SocketLayout {
     pub sk_num_off: u32,
     pub sk_protocol_off: u32,
-    pub regs_nr_off: u32,
-    pub regs_arg1_off: u32,
-    pub regs_arg2_off: u32,
+    /// Offset of a 32-byte window of `struct pt_regs` that holds the syscall number and its
+    /// second and third arguments, and their 8-byte slots in it (one kernel read per call).
+    pub regs_window_off: u32,
+    pub regs_slots: [u32; 3],
     pub syscall_nrs: [u32; syscall_nr::COUNT],
+}
+
+/// The smallest 8-aligned 32-byte window holding all of `offsets`, and each one's slot.
+fn regs_window(offsets: [u32; 3]) -> Result<(u32, [u32; 3]), String> {
+    let base = offsets.iter().min().copied().unwrap_or(0);
+    let mut slots = [0; 3];
+    for (slot, off) in slots.iter_mut().zip(offsets) {
+        if (off - base) % 8 != 0 || off - base >= 32 {
+            return Err(format!("pt_regs fields at {offsets:?} do not fit one 32-byte window"));
+        }
+        *slot = (off - base) / 8;
+    }
+    Ok((base, slots))
 }
 
 /// The raw tracepoints the socket path attaches to, as (program, tracepoint).
@@ -109,12 +123,34 @@ pub fn socket_layout() -> Result<SocketLayout, String> {
         Ok(m.offset)
     };
     let (nr, a1, a2) = if cfg!(target_arch = "x86_64") { ("orig_ax", "si", "dx") } else { ("", "", "") };
+    let (regs_window_off, regs_slots) =
+        regs_window([field("pt_regs", &[nr], 8)?, field("pt_regs", &[a1], 8)?, field("pt_regs", &[a2], 8)?])?;
     Ok(SocketLayout {
         sk_num_off: field("sock", &["__sk_common", "skc_num"], 2)?,
         sk_protocol_off: field("sock", &["sk_protocol"], 2)?,
-        regs_nr_off: field("pt_regs", &[nr], 8)?,
-        regs_arg1_off: field("pt_regs", &[a1], 8)?,
-        regs_arg2_off: field("pt_regs", &[a2], 8)?,
+        regs_window_off,
+        regs_slots,
         syscall_nrs: syscall_numbers()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_window() {
+        // x86_64: dx 96, si 104, orig_ax 120.
+        assert_eq!(regs_window([120, 104, 96]), Ok((96, [3, 1, 0])));
+        assert!(regs_window([0, 8, 64]).is_err());
+        assert!(regs_window([0, 4, 8]).is_err());
+    }
+
+    #[test]
+    fn running_kernel_layout() {
+        if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() && cfg!(target_arch = "x86_64") {
+            let l = socket_layout().unwrap();
+            assert_eq!((l.regs_window_off, l.regs_slots), (96, [3, 1, 0]));
+        }
+    }
 }

@@ -308,29 +308,28 @@ impl Metrics {
         let route = self.route_for(t, &r.path);
         let [s, n, p, c] = t.values();
         let rl = [s, n, p, c, route.as_str()];
-        let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e9;
         let status = status_class(r.status);
         if self.admit("requests", t, &[s, n, p, c, &route, status]) {
             self.requests.with_label_values(&[s, n, p, c, &route, status]).inc();
         }
         if r.first_byte_ns > 0 && self.admit("ttfb", t, &rl) {
-            self.ttfb.with_label_values(&rl).observe(secs(r.request_ns, r.first_byte_ns));
+            self.ttfb.with_label_values(&rl).observe(r.ttfb_s());
         }
         if r.end_ns > 0 && r.partial.is_none() && self.admit("e2e", t, &rl) {
-            self.e2e.with_label_values(&rl).observe(secs(r.request_ns, r.end_ns));
+            self.e2e.with_label_values(&rl).observe(r.e2e_s());
         }
         if !r.streaming {
             return;
         }
-        if let Some(ft) = r.first_token_ns {
+        if let Some(ttft) = r.ttft_s() {
             if self.admit("ttft", t, &rl) {
-                self.ttft.with_label_values(&rl).observe(secs(r.request_ns, ft));
+                self.ttft.with_label_values(&rl).observe(ttft);
             }
         }
         if r.content_write_ns.len() > 1 && self.admit("itl", t, &rl) {
             let h = self.itl.with_label_values(&rl);
-            for w in r.content_write_ns.windows(2) {
-                h.observe(secs(w[0], w[1]));
+            for gap in r.itl_s() {
+                h.observe(gap);
             }
         }
         if self.admit("chunks", t, &rl) {

@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_common::{proc_event, ProcEvent, StageEvent};
-use aya::maps::{MapData, RingBuf};
 
 use self::kube::{PodIndex, PodRecord};
-use crate::bpf::{KernelCounters, SocketProbes, StageLink};
+use crate::bpf::{KernelCounters, StageLink};
+use crate::ingest::{Ingest, Sink};
 use crate::stages::{StageDef, StageResolver};
-use crate::tracker::{Finished, Tracker};
+use crate::tracker::Finished;
 pub use config::{Config, Rule};
 use discover::ProcessId;
 use metrics::{Metrics, TargetLabels};
@@ -72,8 +72,8 @@ struct Capture {
 
 pub struct Daemon {
     cfg: Config,
-    probes: SocketProbes,
-    tracker: Tracker,
+    /// Probes, rings and connection tracker (shared with `attach`).
+    ingest: Ingest,
     metrics: Metrics,
     targets: HashMap<u32, Target>,
     /// PID → (identity, rule index, first seen) of port-rule candidates.
@@ -125,12 +125,11 @@ fn target_labels(rule: &Rule, cg: &cgroup::CgroupInfo, pod: Option<&PodRecord>) 
 }
 
 impl Daemon {
-    fn new(cfg: Config, probes: SocketProbes) -> Self {
+    fn new(cfg: Config, ingest: Ingest) -> Self {
         let metrics = Metrics::new(cfg.max_series);
         Self {
             cfg,
-            probes,
-            tracker: Tracker::new(),
+            ingest,
             metrics,
             targets: HashMap::new(),
             candidates: HashMap::new(),
@@ -177,7 +176,7 @@ impl Daemon {
         let provisional = why == "exec";
         let drop_provisional = |d: &mut Self| {
             if provisional {
-                let _ = d.probes.unfollow(pid);
+                let _ = d.ingest.probes.unfollow(pid);
             }
         };
         let (Some(id), Some(mut facts)) = (ProcessId::of(pid), discover::facts(pid)) else {
@@ -270,13 +269,8 @@ impl Daemon {
             return;
         }
         let rule = self.cfg.rules[ri].clone();
-        let existing = match self.probes.follow(pid) {
-            Ok(existing) => {
-                for &conn in &existing {
-                    self.tracker.add_existing(pid, conn);
-                }
-                existing
-            }
+        let existing = match self.ingest.follow(pid) {
+            Ok(existing) => existing,
             Err(e) => {
                 self.metrics.attach_errors.inc();
                 log::warn!("cannot follow pid {pid}: {e}");
@@ -311,7 +305,7 @@ impl Daemon {
             "following pid {pid} ({}) by rule `{}` [{why}]: {} open connection(s) seeded, {} probed function(s), service={} namespace={} pod={} container={}",
             facts.comm,
             rule.name,
-            existing.len(),
+            existing,
             target.probes.len(),
             target.labels.service,
             target.labels.namespace,
@@ -355,7 +349,7 @@ impl Daemon {
                 t.probes.push(key);
                 continue;
             }
-            match self.probes.attach_stage(stage, &fd_path, a.file_offset, 0, true) {
+            match self.ingest.probes.attach_stage(stage, &fd_path, a.file_offset, 0, true) {
                 Ok(links) => {
                     self.uprobes.insert(key, (links, 1, None));
                     t.probes.push(key);
@@ -370,13 +364,16 @@ impl Daemon {
 
     /// Frees everything the process held; `why` goes to the log.
     fn detach(&mut self, pid: u32, why: &str) {
-        let Some(t) = self.targets.remove(&pid) else {
+        if !self.targets.contains_key(&pid) {
             // Perhaps followed by the kernel from its exec, never confirmed: leave nothing behind.
-            let _ = self.probes.unfollow(pid);
+            let _ = self.ingest.probes.unfollow(pid);
             return;
-        };
-        let conns = self.probes.unfollow(pid).unwrap_or(0);
-        self.probes.forget_profile(pid);
+        }
+        // Its streams still open end here, as partial records counted under its labels.
+        let mut sink =
+            MetricsSink { targets: &self.targets, metrics: &mut self.metrics, stage_names: &self.stage_names };
+        let conns = self.ingest.unfollow(pid, "process exited mid-stream", &mut sink);
+        let Some(t) = self.targets.remove(&pid) else { return };
         let mut uprobes = 0;
         for key in &t.probes {
             if let Some((_, users, idle)) = self.uprobes.get_mut(key) {
@@ -386,11 +383,6 @@ impl Daemon {
                     uprobes += 1;
                 }
             }
-        }
-        let mut cut = Vec::new();
-        self.tracker.forget_process(pid, "process exited mid-stream", &mut cut);
-        for f in &cut {
-            self.on_finished(f);
         }
         if !self.targets.values().any(|o| o.labels == t.labels) {
             self.metrics.target_gone(&t.labels, Instant::now());
@@ -482,7 +474,7 @@ impl Daemon {
             .collect();
         for key in expired {
             if let Some((links, _, _)) = self.uprobes.remove(&key) {
-                self.probes.detach_stages(links);
+                self.ingest.probes.detach_stages(links);
             }
         }
     }
@@ -527,7 +519,7 @@ impl Daemon {
     }
 
     fn update_health(&mut self) {
-        let k = self.probes.counters();
+        let k = self.ingest.probes.counters();
         let lost = [
             ("read", k.lost_reads, self.last_kernel.lost_reads),
             ("write", k.lost_writes, self.last_kernel.lost_writes),
@@ -544,7 +536,7 @@ impl Daemon {
             self.metrics.events_lost.with_label_values(&[kind]).inc_by(now.saturating_sub(before));
         }
         self.last_kernel = k;
-        let p = self.tracker.parse_counters();
+        let p = self.ingest.tracker.parse_counters();
         let parse = [
             ("bad_head", p.bad_heads),
             ("bad_chunk", p.bad_chunks),
@@ -552,14 +544,14 @@ impl Daemon {
             ("unmatched_response", p.unmatched_responses),
             ("aborted", p.aborted),
             ("partial", p.partial),
-            ("decode_error", self.tracker.events.decode_errors),
-            ("connections_dropped", self.tracker.events.connections_dropped),
+            ("decode_error", self.ingest.tracker.events.decode_errors),
+            ("connections_dropped", self.ingest.tracker.events.connections_dropped),
         ];
         for (kind, now) in parse {
             let before = self.last_parse.insert(kind, now).unwrap_or(0);
             self.metrics.parse_errors.with_label_values(&[kind]).inc_by(now.saturating_sub(before));
         }
-        for (name, n, cap) in self.probes.map_fill() {
+        for (name, n, cap) in self.ingest.probes.map_fill() {
             self.metrics.map_fill.with_label_values(&[name]).set(n as f64 / f64::from(cap));
         }
         self.metrics.targets.set(self.targets.len() as i64);
@@ -570,29 +562,14 @@ impl Daemon {
         self.metrics.kube_errors.inc_by(kube.errors.saturating_sub(self.last_kube_errors));
         self.metrics.kube_pods_dropped.inc_by(kube.dropped.saturating_sub(self.last_kube_dropped));
         (self.last_kube_errors, self.last_kube_dropped) = (kube.errors, kube.dropped);
-        self.metrics.probes_attached.set(self.probes.uprobes_attached as i64);
+        self.metrics.probes_attached.set(self.ingest.probes.uprobes_attached as i64);
         let mut in_flight: HashMap<TargetLabels, usize> = HashMap::new();
         for (pid, t) in &self.targets {
-            *in_flight.entry(t.labels.clone()).or_default() += self.tracker.in_flight_of(*pid);
+            *in_flight.entry(t.labels.clone()).or_default() += self.ingest.tracker.in_flight_of(*pid);
         }
         for (labels, n) in in_flight {
             self.metrics.set_in_flight(&labels, n);
         }
-    }
-
-    fn on_finished(&mut self, f: &Finished) {
-        if let Some(t) = self.targets.get(&f.tgid) {
-            let labels = t.labels.clone();
-            self.metrics.observe_request(&labels, &f.record);
-        }
-    }
-
-    fn on_stage(&mut self, ev: &StageEvent) {
-        let (Some(t), Some(name)) = (self.targets.get(&ev.tgid), self.stage_names.get(ev.stage as usize)) else {
-            return;
-        };
-        let (labels, name) = (t.labels.clone(), name.clone());
-        self.metrics.observe_stage(&labels, &name, ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9);
     }
 
     fn start_capture(&mut self, req: FlamegraphRequest) {
@@ -602,9 +579,9 @@ impl Daemon {
             return;
         }
         let started = if self.profiler_started {
-            self.probes.set_phase(pid, self.tracker.phase(pid))
+            self.ingest.set_phase_now(pid)
         } else {
-            self.probes.start_profiler(pid, 99)
+            self.ingest.probes.start_profiler(pid, 99).and_then(|()| self.ingest.set_phase_now(pid))
         };
         if let Err(e) = started {
             let _ = reply.send(Err(format!("cannot sample CPU: {e}")));
@@ -616,69 +593,68 @@ impl Daemon {
 
     fn finish_capture(&mut self) {
         let Some(c) = self.capture.take() else { return };
-        let result = self.probes.read_samples().map_err(|e| e.to_string()).and_then(|mut raw| {
+        let result = self.ingest.probes.read_samples().map_err(|e| e.to_string()).and_then(|mut raw| {
             raw.samples.retain(|(k, _)| k.tgid == c.pid);
             let comm = discover::facts(c.pid).map(|f| f.comm).unwrap_or_else(|| c.pid.to_string());
             let mut frames = crate::profile::UserFrames::new();
             let folded =
                 crate::profile::fold(&raw, &mut self.symbolizer, &mut frames, &crate::profile::Kallsyms::load(), &comm);
-            let lines = crate::profile::folded_lines(folded.by_phase.get("all").unwrap_or(&BTreeMap::new()));
+            let stacks = folded.by_phase.get("all").filter(|s| !s.is_empty());
+            let Some(stacks) = stacks else {
+                return Err(format!("no CPU samples of pid {} in the window (idle?)", c.pid));
+            };
             let mut opts = inferno::flamegraph::Options::default();
             opts.title = format!("{comm} (pid {}) — {} samples at 99 Hz", c.pid, folded.samples);
             let mut svg = Vec::new();
-            if lines.is_empty() {
-                return Err(format!("no CPU samples of pid {} in the window (idle?)", c.pid));
-            }
-            inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), &mut svg)
-                .map_err(|e| e.to_string())?;
+            crate::profile::svg_of(stacks, &mut opts, &mut svg).map_err(|e| e.to_string())?;
             Ok(svg)
         });
-        self.probes.forget_profile(c.pid);
+        self.ingest.forget_profile(c.pid);
         let _ = c.reply.send(result);
     }
 
-    fn drain(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        stage_ring: &mut RingBuf<MapData>,
-        proc_ring: &mut RingBuf<MapData>,
-    ) {
-        // Execs first (a new target's records are already on the data rings), then the data,
-        // then exits (all records of a process that exited before the proc ring was read are on
-        // the data rings by the time they are drained).
+    /// One poll: exec/exit records first (a new target's records are already on the data rings),
+    /// then the data and stage rings, then exits (every record of a process that exited before
+    /// its exit record was read is on the data rings by then).
+    fn drain(&mut self) {
         self.sync_pods();
-        let mut procs = Vec::new();
-        while let Some(item) = proc_ring.next() {
-            if item.len() >= std::mem::size_of::<ProcEvent>() {
-                // SAFETY: length checked; read_unaligned has no alignment requirement.
-                procs.push(unsafe { std::ptr::read_unaligned::<ProcEvent>(item.as_ptr().cast()) });
-            }
+        for ev in self.ingest.process_events() {
+            self.on_proc_event(&ev);
         }
-        for ev in &procs {
-            self.on_proc_event(ev);
-        }
-        let mut finished = Vec::new();
-        while let Some(item) = ring.next() {
-            self.tracker.handle(&item, &mut finished);
-        }
-        for f in &finished {
-            self.on_finished(f);
-        }
-        while let Some(item) = stage_ring.next() {
-            if item.len() >= std::mem::size_of::<StageEvent>() {
-                // SAFETY: as above.
-                let ev: StageEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                self.on_stage(&ev);
-            }
-        }
+        let mut sink =
+            MetricsSink { targets: &self.targets, metrics: &mut self.metrics, stage_names: &self.stage_names };
+        self.ingest.drain(&mut sink);
         for pid in std::mem::take(&mut self.exited) {
             self.detach(pid, "exit");
         }
         if let Some(c) = &self.capture {
-            let _ = self.probes.set_phase(c.pid, self.tracker.phase(c.pid));
-            if Instant::now() >= c.deadline {
+            let (pid, done) = (c.pid, Instant::now() >= c.deadline);
+            self.ingest.push_phase(pid);
+            if done {
                 self.finish_capture();
             }
+        }
+    }
+}
+
+/// The daemon's sink: finished requests and stage calls of followed processes become metrics
+/// under their target's labels.
+struct MetricsSink<'a> {
+    targets: &'a HashMap<u32, Target>,
+    metrics: &'a mut Metrics,
+    stage_names: &'a [String],
+}
+
+impl Sink for MetricsSink<'_> {
+    fn request(&mut self, f: Finished) {
+        if let Some(t) = self.targets.get(&f.tgid) {
+            self.metrics.observe_request(&t.labels, &f.record);
+        }
+    }
+
+    fn stage(&mut self, ev: &StageEvent) {
+        if let (Some(t), Some(name)) = (self.targets.get(&ev.tgid), self.stage_names.get(ev.stage as usize)) {
+            self.metrics.observe_stage(&t.labels, name, ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9);
         }
     }
 }
@@ -688,9 +664,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     crate::bpf::check_daemon_capabilities()?;
     let listener = server::bind(cfg.listen).await?;
     let (fg_tx, mut fg_rx) = tokio::sync::mpsc::channel::<FlamegraphRequest>(4);
-    let probes = SocketProbes::load(cfg.ring_buffer_bytes, cfg.capture.with_env())?;
-    let mut daemon = Daemon::new(cfg, probes);
-    daemon.metrics.capture_info.with_label_values(&[daemon.probes.mode.name()]).set(1);
+    let ingest = Ingest::load(cfg.ring_buffer_bytes, cfg.capture)?;
+    let mut daemon = Daemon::new(cfg, ingest);
+    daemon.metrics.capture_info.with_label_values(&[daemon.ingest.probes.mode.name()]).set(1);
     let shared = Arc::new(Shared {
         registry: daemon.metrics.registry.clone(),
         ready: false.into(),
@@ -701,18 +677,17 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     });
     let addr = listener.local_addr()?;
     tokio::spawn(server::serve(listener, shared.clone()));
-    let mut ring = daemon.probes.take_events()?;
-    let mut stage_ring = daemon.probes.take_stage_events()?;
-    let mut proc_ring = daemon.probes.start_proc_events()?;
+    daemon.ingest.enable_process_events()?;
     for rule in &daemon.cfg.rules {
         for comm in rule.comm.iter().filter(|c| !c.contains(['*', '?'])) {
-            daemon.probes.watch_comm(comm)?;
+            daemon.ingest.probes.watch_comm(comm)?;
         }
     }
     // Loading (verifying) the stage programs takes a while: do it now, not at the first exec.
     if daemon.cfg.rules.iter().any(|r| !r.profile.is_empty()) {
-        daemon.probes.load_stage_programs()?;
+        daemon.ingest.probes.load_stage_programs()?;
     }
+    daemon.ingest.enable_stages()?;
     // Pod metadata on its own thread; the loop only reads its map.
     daemon.pods = self::kube::start(&daemon.cfg);
     let t0 = Instant::now();
@@ -756,7 +731,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = poll.tick() => daemon.drain(&mut ring, &mut stage_ring, &mut proc_ring),
+            _ = poll.tick() => daemon.drain(),
             _ = second.tick() => {
                 daemon.every_second();
                 shared.last_tick_ms.store(server::now_ms(), Ordering::Relaxed);

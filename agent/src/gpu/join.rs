@@ -167,7 +167,11 @@ impl GpuReport {
             self.sampling_period_s * 1e3,
             2.0 * self.resolution_s,
             gpus.join(", "),
-            if self.process_found { " (where the target ran)" } else { " (target not in NVML's process list: all GPUs)" }
+            if self.process_found {
+                " (where the target ran)"
+            } else {
+                " (target not in NVML's process list: all GPUs)"
+            }
         );
         let line = |o: &mut String, label: &str, f: &GpuFigure| {
             let _ = match (f.too_short, f.util_pct) {
@@ -211,7 +215,9 @@ impl GpuReport {
                 o,
                 "  target process: SM {}, up to {} of GPU memory ({} samples)",
                 self.process.mean_sm_util.map_or("n/a".to_string(), |u| format!("{u:.1}%")),
-                self.process.max_fb_used_bytes.map_or("n/a".to_string(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+                self.process
+                    .max_fb_used_bytes
+                    .map_or("n/a".to_string(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
                 self.process.samples
             );
         }
@@ -260,7 +266,12 @@ mod tests {
     #[test]
     fn off_renders_its_reason_and_cells() {
         let mut r = GpuReport {
-            status: GpuStatus { enabled: false, reason: Some("GPU telemetry off: x".into()), devices: 0, library: None },
+            status: GpuStatus {
+                enabled: false,
+                reason: Some("GPU telemetry off: x".into()),
+                devices: 0,
+                library: None,
+            },
             sampling_period_s: 0.1,
             resolution_s: 1.0 / 6.0,
             gpu_mask: 1,

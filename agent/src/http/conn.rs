@@ -45,6 +45,34 @@ pub struct RequestRecord {
     pub partial: Option<&'static str>,
 }
 
+/// Durations derived from the timestamps, in seconds: defined here once, for the report and the
+/// metrics alike.
+impl RequestRecord {
+    fn secs(a: u64, b: u64) -> f64 {
+        b.saturating_sub(a) as f64 / 1e9
+    }
+
+    /// Request read → first response byte.
+    pub fn ttfb_s(&self) -> f64 {
+        Self::secs(self.request_ns, self.first_byte_ns)
+    }
+
+    /// Request read → first content-bearing write.
+    pub fn ttft_s(&self) -> Option<f64> {
+        self.first_token_ns.map(|t| Self::secs(self.request_ns, t))
+    }
+
+    /// Request read → last response byte (for a partial record: the last byte seen).
+    pub fn e2e_s(&self) -> f64 {
+        Self::secs(self.request_ns, self.end_ns)
+    }
+
+    /// Gaps between consecutive content-bearing writes.
+    pub fn itl_s(&self) -> impl Iterator<Item = f64> + '_ {
+        self.content_write_ns.windows(2).map(|w| Self::secs(w[0], w[1]))
+    }
+}
+
 /// What went wrong or was skipped; summed over connections by the tracker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ParseCounters {
