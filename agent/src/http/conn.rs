@@ -403,8 +403,11 @@ impl Connection {
         match &mut self.outbound {
             Outbound::Body(ex) => {
                 ex.last_write_ns = ts_ns;
-                if let Some(ev) = &mut ex.events {
-                    ev.lose_sync();
+                let seq = self.write_seq;
+                let Exchange { record, events, last_content_seq, terminal_ns, .. } = &mut **ex;
+                if let Some(ev) = events {
+                    let mut seen = EventSeen { record, last_content_seq, terminal_ns, counters: &mut self.counters };
+                    ev.lose_sync(&mut |data| seen.event(data, ts_ns, seq));
                 }
                 let ok = match &mut ex.framing {
                     Framing::Length(remaining) if gap <= *remaining => {
@@ -552,30 +555,43 @@ impl Connection {
 
 /// Feeds response body bytes through the framing and the event splitter. Returns how many bytes
 /// belonged to this body, or `Err` when the chunked framing is malformed.
+/// What one complete (or cut) stream event does to its exchange.
+struct EventSeen<'a> {
+    record: &'a mut RequestRecord,
+    last_content_seq: &'a mut u64,
+    terminal_ns: &'a mut Option<u64>,
+    counters: &'a mut ParseCounters,
+}
+
+impl EventSeen<'_> {
+    fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
+        let c = classify(data);
+        if c.content {
+            self.record.chunks += 1;
+            if *self.last_content_seq != seq {
+                *self.last_content_seq = seq;
+                if self.record.content_write_ns.len() < MAX_CONTENT_WRITES {
+                    self.record.content_write_ns.push(ts_ns);
+                } else {
+                    self.counters.content_writes_dropped += 1;
+                }
+            }
+        }
+        if c.tokens.is_some() {
+            self.record.tokens = c.tokens;
+        }
+        if c.terminal {
+            *self.terminal_ns = Some(ts_ns);
+        }
+    }
+}
+
 fn feed_body(ex: &mut Exchange, bytes: &[u8], ts_ns: u64, seq: u64, counters: &mut ParseCounters) -> Result<usize, ()> {
     let Exchange { record, framing, events, json, last_content_seq, terminal_ns, .. } = ex;
     let mut on_body = |body: &[u8]| {
         if let Some(ev) = events.as_mut() {
-            ev.feed(body, &mut |data| {
-                let c = classify(data);
-                if c.content {
-                    record.chunks += 1;
-                    if *last_content_seq != seq {
-                        *last_content_seq = seq;
-                        if record.content_write_ns.len() < MAX_CONTENT_WRITES {
-                            record.content_write_ns.push(ts_ns);
-                        } else {
-                            counters.content_writes_dropped += 1;
-                        }
-                    }
-                }
-                if c.tokens.is_some() {
-                    record.tokens = c.tokens;
-                }
-                if c.terminal {
-                    *terminal_ns = Some(ts_ns);
-                }
-            });
+            let mut seen = EventSeen { record, last_content_seq, terminal_ns, counters };
+            ev.feed(body, &mut |data| seen.event(data, ts_ns, seq));
         } else if let Some(j) = json.as_mut() {
             let room = MAX_EVENT_DATA.saturating_sub(j.len());
             j.extend_from_slice(&body[..body.len().min(room)]);

@@ -88,7 +88,15 @@ impl EventSplitter {
     /// The rest of a write was not captured: the event being read is unknowable and dropped.
     /// Uncaptured bytes always end a write, and servers end writes at frame boundaries, so the
     /// next byte is taken as the start of a new line.
-    pub fn lose_sync(&mut self) {
+    /// Bytes of the stream were not captured (a write longer than the capture): an event in
+    /// progress is given to `on_event` with what was seen of it — its beginning is all the
+    /// content check needs, and servers end writes at event boundaries — then the splitter
+    /// restarts at the next write.
+    pub fn lose_sync(&mut self, on_event: &mut impl FnMut(&[u8])) {
+        if self.has_data {
+            self.truncated = true;
+            self.dispatch(on_event);
+        }
         self.data.clear();
         self.has_data = false;
         self.truncated = false;
@@ -250,12 +258,16 @@ mod tests {
     }
 
     #[test]
-    fn lose_sync_drops_the_partial_event_and_resumes() {
+    fn lose_sync_hands_over_the_cut_event_and_resumes() {
         let mut s = EventSplitter::new(Format::Sse);
         let mut out = Vec::new();
         s.feed(b"data: partial", &mut |d| out.push(d.to_vec()));
-        s.lose_sync();
+        s.lose_sync(&mut |d| out.push(d.to_vec()));
         s.feed(b" rest\n\ndata: next\n\n", &mut |d| out.push(d.to_vec()));
-        assert_eq!(out, vec![b"next".to_vec()]);
+        assert_eq!(out, vec![b"partial".to_vec(), b"next".to_vec()]);
+        assert_eq!(s.truncated_events, 1);
+        // Nothing in progress: nothing handed over.
+        s.lose_sync(&mut |d| out.push(d.to_vec()));
+        assert_eq!(out.len(), 2);
     }
 }

@@ -180,7 +180,8 @@ fn truncated_capture_inside_chunk_keeps_framing() {
     assert_eq!(c.counters.framing_lost, 0);
     c.on_write(4, b"b\r\ndata: \"z\"\n\n\r\n0\r\n\r\n", 23, &mut out);
     assert_eq!(out.len(), 1, "the exchange still ends at its terminating chunk");
-    assert_eq!(out[0].content_write_ns, vec![4]);
+    // The cut event's beginning is content: it counts at the write that carried it.
+    assert_eq!(out[0].content_write_ns, vec![3, 4]);
 }
 
 #[test]
@@ -223,4 +224,25 @@ fn garbage_never_panics_and_other_connections_are_unaffected() {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].chunks, 4);
     }
+}
+
+#[test]
+fn a_64k_sse_line_beyond_the_capture_still_gives_its_first_token() {
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    let req = b"GET /v1/chat/completions HTTP/1.1\r\n\r\n";
+    c.on_read(1, req, req.len() as u64);
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 70000\r\n\r\n";
+    c.on_write(2, head, head.len() as u64, &mut out);
+    // One write of a 64 KiB event; the kernel captured its first 4 KiB only.
+    let mut event = b"data: {\"choices\":[{\"delta\":{\"content\":\"".to_vec();
+    event.resize(65_536, b'x');
+    event.extend_from_slice(b"\"}}]}\n\n");
+    c.on_write(3, &event[..4096], event.len() as u64, &mut out);
+    let rest = 70_000 - event.len();
+    let tail = vec![b' '; rest];
+    c.on_write(4, &tail, rest as u64, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].first_token_ns, out[0].chunks), (Some(3), 1));
+    assert_eq!(c.counters.truncated_events, 1, "the cut event is counted as truncated");
 }
