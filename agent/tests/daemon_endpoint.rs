@@ -1,7 +1,8 @@
 //! The daemon's HTTP endpoint under abuse, against the real agent (probes load into this kernel):
 //! while 500 idle and 100 slowloris connections are held (reopened as fast as the agent closes
 //! them), and after a burst of more connections than it keeps, `/metrics` answers every scrape
-//! within a second and the agent's memory stays flat. Talks to 127.0.0.1 only. Needs root.
+//! within a second and the agent's memory stays flat; and the optional bearer token guards
+//! `/metrics` and `/flamegraph.svg` but not the probes. Talks to 127.0.0.1 only. Needs root.
 
 mod common;
 
@@ -283,5 +284,69 @@ fn abuse_and_scrape(wrapper: &[&str], kept: usize) {
     assert_eq!(dropped("refused"), 0.0, "no connection had to be refused");
     assert!(metric(&m, "inferscope_endpoint_connections_open", &[]) <= 2.0, "all closed again (this scrape)");
     assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const TOKEN: &str = "s3cr3t-Token_for.the-test";
+
+#[test]
+fn bearer_token_guards_metrics_and_flamegraphs_not_probes() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-endpoint-token");
+    let token_file = dir.join("token");
+    // As a Kubernetes Secret or `echo` writes it: the trailing newline is not part of it.
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let cfg = config(&format!("metrics_bearer_token_file = \"{}\"", token_file.display()));
+    let mut d = Daemon::start(&dir, &cfg, &[]);
+    d.wait_ready();
+    let port = d.port;
+    let limit = Duration::from_secs(5);
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+
+    let (st, head, _, _) = get(port, "/metrics", "", limit);
+    assert_eq!(st, 401, "{head}");
+    assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+    for wrong in [
+        "Bearer nope",
+        "Bearer s3cr3t-Token_for.the-tes",
+        "Bearer s3cr3t-Token_for.the-testX",
+        "Basic Zm9vOmJhcg==",
+        "Bearer",
+    ] {
+        assert_eq!(get(port, "/metrics", &format!("Authorization: {wrong}\r\n"), limit).0, 401, "{wrong}");
+    }
+    let (st, _, body, _) = get(port, "/metrics", &auth, limit);
+    assert_eq!(st, 200);
+    assert_eq!(metric(&body, "inferscope_endpoint_unauthorized_total", &[]), 6.0, "each refusal counted");
+    // Header name and scheme are case-insensitive (RFC 9110).
+    assert_eq!(get(port, "/metrics", &format!("authorization: bearer {TOKEN}\r\n"), limit).0, 200);
+    assert_eq!(get(port, "/flamegraph.svg?pid=1&seconds=1", "", limit).0, 401);
+    let (st, _, body, _) = get(port, "/flamegraph.svg?pid=1&seconds=1", &auth, limit);
+    assert_eq!(st, 404, "past the token: {body}");
+    assert_eq!(get(port, "/healthz", "", limit).0, 200, "kubelet probes carry no token");
+    assert_eq!(get(port, "/readyz", "", limit).0, 200);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    assert!(d.child.wait().unwrap().success());
+    assert!(!d.drain().iter().any(|l| l.contains(TOKEN)), "the token is never logged");
+
+    // A token file that cannot be read, or holds no token, stops the agent at start: it does not
+    // silently serve without the protection it was asked for.
+    std::fs::write(&token_file, "\n").unwrap();
+    for (what, path) in [("missing", dir.join("no-such-token")), ("empty", token_file.clone())] {
+        let cfg = config(&format!("metrics_bearer_token_file = \"{}\"", path.display()));
+        let mut d = Daemon::start(&dir, &cfg, &[]);
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}: the agent started anyway");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!st.success(), "{what}");
+        let log = d.drain().join("\n");
+        assert!(log.contains(&path.display().to_string()), "{what}: names the file: {log}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -35,6 +35,9 @@ pub struct Config {
     pub kubernetes_max_pods: usize,
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
+    /// A file holding the bearer token `/metrics` and `/flamegraph.svg` then require
+    /// (`Authorization: Bearer TOKEN`); read once at start, never logged. None: open.
+    pub metrics_bearer_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -54,6 +57,7 @@ impl Default for Config {
             // kubelet's default is 110 pods a node; large nodes allow a few hundred.
             kubernetes_max_pods: 1024,
             rules: Vec::new(),
+            metrics_bearer_token_file: None,
         }
     }
 }

@@ -663,6 +663,7 @@ impl Sink for MetricsSink<'_> {
 pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     crate::bpf::check_daemon_capabilities()?;
     let listener = server::bind(cfg.listen).await?;
+    let auth = server::Auth::load(cfg.metrics_bearer_token_file.as_deref())?;
     let (fg_tx, mut fg_rx) = tokio::sync::mpsc::channel::<FlamegraphRequest>(4);
     let ingest = Ingest::load(cfg.ring_buffer_bytes, cfg.capture)?;
     let mut daemon = Daemon::new(cfg, ingest);
@@ -676,7 +677,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         flamegraphs: fg_tx,
     });
     let addr = listener.local_addr()?;
-    tokio::spawn(server::serve(listener, shared.clone()));
+    tokio::spawn(server::serve(listener, shared.clone(), auth));
     daemon.ingest.enable_process_events()?;
     for rule in &daemon.cfg.rules {
         for comm in rule.comm.iter().filter(|c| !c.contains(['*', '?'])) {

@@ -13,6 +13,8 @@
 //!   oldest. Memory: 1024 heads of at most 16 KiB (about 1.5 KiB while nothing arrived), and 32
 //!   bodies.
 //! - One flamegraph capture at a time.
+//! - Optionally a bearer token for `/metrics` and `/flamegraph.svg` (`metrics_bearer_token_file`);
+//!   `/healthz` and `/readyz` stay open for the kubelet.
 //!
 //! Connections dropped are counted by reason in `inferscope_endpoint_connections_dropped_total`
 //! (`refused`, `evicted`, `head_timeout`, `write_timeout`). Malformed or flooding clients cost a
@@ -20,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -80,6 +83,63 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         s.listen(LISTEN_BACKLOG)
     };
     listen().map_err(|e: std::io::Error| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// The bearer token `/metrics` and `/flamegraph.svg` require, if any. Never printed: `Debug`
+/// says only whether there is one.
+#[derive(Clone, Default)]
+pub struct Auth(Option<Arc<[u8]>>);
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Auth(bearer token)" } else { "Auth(none)" })
+    }
+}
+
+impl Auth {
+    /// No token: everything open.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Reads the token from `path` (surrounding whitespace trimmed, as Prometheus does with its
+    /// `credentials_file`). A file that cannot be read or holds no usable token is an error: the
+    /// agent must not serve unprotected when it was asked to protect.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else { return Ok(Self::none()) };
+        let bad = |why: String| anyhow::anyhow!("metrics_bearer_token_file {}: {why}", path.display());
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let token = bytes.trim_ascii();
+        if token.is_empty() {
+            return Err(bad("holds no token".into()));
+        }
+        if !token.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("the token must be printable ASCII without spaces (it travels in a header)".into()));
+        }
+        Ok(Self(Some(token.into())))
+    }
+
+    /// Whether the request head carries the token (`Authorization: Bearer TOKEN`; header name and
+    /// scheme case-insensitive), or none is required.
+    fn allows(&self, head: &str) -> bool {
+        let Some(want) = &self.0 else { return true };
+        let value = head.lines().skip(1).find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("authorization").then_some(value.trim())
+        });
+        let Some((scheme, given)) = value.and_then(|v| v.split_once(' ')) else { return false };
+        scheme.eq_ignore_ascii_case("bearer") && same_secret(given.trim().as_bytes(), want)
+    }
+}
+
+/// Compares in time that depends on the expected token's length only, not on how much of it the
+/// candidate gets right.
+fn same_secret(given: &[u8], want: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != want.len());
+    for (i, w) in want.iter().enumerate() {
+        diff |= w ^ given.get(i).copied().unwrap_or(!w);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Where a kept connection is.
@@ -163,6 +223,7 @@ struct Counters {
     open: IntGauge,
     dropped: IntCounterVec,
     bad_requests: IntCounter,
+    unauthorized: IntCounter,
 }
 
 impl Counters {
@@ -182,15 +243,21 @@ impl Counters {
             .expect("valid metric"),
             bad_requests: IntCounter::new("inferscope_endpoint_bad_requests_total", "Malformed or refused requests")
                 .expect("valid metric"),
+            unauthorized: IntCounter::new(
+                "inferscope_endpoint_unauthorized_total",
+                "Requests without the configured bearer token",
+            )
+            .expect("valid metric"),
         };
         for reason in ["refused", "evicted", "head_timeout", "write_timeout"] {
             c.dropped.with_label_values(&[reason]);
         }
-        let all: [Box<dyn prometheus::core::Collector>; 4] = [
+        let all: [Box<dyn prometheus::core::Collector>; 5] = [
             Box::new(c.connections.clone()),
             Box::new(c.open.clone()),
             Box::new(c.dropped.clone()),
             Box::new(c.bad_requests.clone()),
+            Box::new(c.unauthorized.clone()),
         ];
         for m in all {
             if let Err(e) = registry.register(m) {
@@ -207,6 +274,7 @@ impl Counters {
 
 struct Endpoint {
     shared: Arc<Shared>,
+    auth: Auth,
     capture: Semaphore,
     counters: Counters,
     table: Mutex<Table<AbortHandle>>,
@@ -272,10 +340,10 @@ fn connection_cap() -> usize {
     cap
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, auth: Auth) {
     let counters = Counters::new(&shared.registry);
     let table = Mutex::new(Table::new(connection_cap(), MAX_WRITING));
-    let ep = Arc::new(Endpoint { shared, capture: Semaphore::new(1), counters, table });
+    let ep = Arc::new(Endpoint { shared, auth, capture: Semaphore::new(1), counters, table });
     let mut warned: Option<Instant> = None;
     loop {
         let stream = match listener.accept().await {
@@ -344,7 +412,9 @@ async fn handle(mut stream: TcpStream, slot: &Slot) {
     };
     slot.phase(Phase::Routing);
     let (status, ctype, body) = route(&head, ep).await;
-    if status >= 400 && status != 404 && status != 429 && status != 503 {
+    if status == 401 {
+        ep.counters.unauthorized.inc();
+    } else if status >= 400 && status != 404 && status != 429 && status != 503 {
         ep.counters.bad_requests.inc();
         ep.shared.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -417,6 +487,9 @@ async fn route(head: &str, ep: &Endpoint) -> (u16, &'static str, Vec<u8>) {
     if method != "GET" && method != "HEAD" {
         return (405, "text/plain", b"only GET\n".to_vec());
     }
+    if matches!(path, "/metrics" | "/flamegraph.svg") && !ep.auth.allows(head) {
+        return (401, "text/plain", b"this endpoint wants Authorization: Bearer TOKEN\n".to_vec());
+    }
     match path {
         "/metrics" => {
             let mut buf = Vec::new();
@@ -469,14 +542,16 @@ async fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) 
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         429 => "Too Many Requests",
         _ => "Service Unavailable",
     };
+    let challenge = if status == 401 { "WWW-Authenticate: Bearer realm=\"inferscope\"\r\n" } else { "" };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -529,5 +604,41 @@ mod tests {
         assert_eq!(t.evict_waiting(), Some(1));
         assert_eq!(t.set_phase(1, Phase::Writing), None, "an evicted connection changes nothing");
         assert_eq!(t.live.len(), 2);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let dir = std::env::temp_dir().join(format!("inferscope-server-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  tok.EN-1~/+=\n").unwrap();
+        let auth = Auth::load(Some(&file)).unwrap();
+        assert_eq!(format!("{auth:?}"), "Auth(bearer token)", "never printed");
+        let head = |h: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{h}");
+        assert!(auth.allows(&head("Authorization: Bearer tok.EN-1~/+=")));
+        assert!(auth.allows(&head("AUTHORIZATION:bearer   tok.EN-1~/+=  ")));
+        for wrong in [
+            "",
+            "Authorization: Bearer tok.EN-1~/+",
+            "Authorization: Bearer tok.EN-1~/+==",
+            "Authorization: Basic tok.EN-1~/+=",
+            "Authorization: tok.EN-1~/+=",
+            "X-Authorization: Bearer tok.EN-1~/+=",
+        ] {
+            assert!(!auth.allows(&head(wrong)), "{wrong:?}");
+        }
+        // The request line is not a header.
+        assert!(!auth.allows("GET /authorization: Bearer tok.EN-1~/+= HTTP/1.1\r\n"));
+        assert!(Auth::none().allows(&head("")));
+        assert!(Auth::load(None).unwrap().allows(&head("")));
+        std::fs::write(&file, " \n").unwrap();
+        assert!(Auth::load(Some(&file)).unwrap_err().to_string().contains("holds no token"));
+        std::fs::write(&file, "two words").unwrap();
+        assert!(Auth::load(Some(&file)).is_err());
+        let e = Auth::load(Some(&dir.join("missing"))).unwrap_err().to_string();
+        assert!(e.contains("metrics_bearer_token_file") && e.contains("missing"), "{e}");
+        assert!(same_secret(b"abc", b"abc") && !same_secret(b"abd", b"abc") && !same_secret(b"ab", b"abc"));
+        assert!(!same_secret(b"abcd", b"abc") && !same_secret(b"", b"abc"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
