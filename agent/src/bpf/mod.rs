@@ -3,17 +3,19 @@
 //! Everything above this module works on plain bytes and structs.
 
 mod capture;
+mod privileges;
+mod sampling;
+mod stages;
+
+pub use privileges::{check_daemon_capabilities, check_privileges};
+use privileges::{effective_caps, is_permission_error};
 
 use std::path::Path;
 
 use agent_common::{counter, maps, EventKind};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        PerfEvent, ProgramError, TracePoint, UProbe,
-    },
+    programs::{ProgramError, TracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -214,20 +216,6 @@ impl SocketProbes {
         })
     }
 
-    /// Loads the stage programs (once) and the thread-exit cleanup tracepoint.
-    pub fn load_stage_programs(&mut self) -> Result<(), ProbeError> {
-        if self.stages_loaded {
-            return Ok(());
-        }
-        for name in ["stage_enter", "stage_exit"] {
-            let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
-            prog.load().map_err(|e| verifier_error(name, e))?;
-        }
-        self.attach_sched_exit()?;
-        self.stages_loaded = true;
-        Ok(())
-    }
-
     /// Thread-exit cleanup of per-thread kernel state (and exit records in daemon mode).
     fn attach_sched_exit(&mut self) -> Result<(), ProbeError> {
         if !self.sched_exit_attached {
@@ -268,13 +256,6 @@ impl SocketProbes {
         m.insert(key, 1, 0).map_err(|source| ProbeError::Map { name: maps::WATCH_COMMS, source })
     }
 
-    /// Records how long threads of profiled processes block, and where (sched_switch).
-    pub fn start_offcpu(&mut self) -> Result<(), ProbeError> {
-        self.attach_sched_exit()?;
-        self.attach_tracepoint("offcpu_switch", "sched", "sched_switch")?;
-        self.set_setting(agent_common::setting::OFFCPU, true)
-    }
-
     /// Exec records for every process and exit records for targets, for daemon discovery;
     /// returns the ring buffer they arrive on.
     pub fn start_proc_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
@@ -286,104 +267,6 @@ impl SocketProbes {
             source: aya::maps::MapError::InvalidName { name: maps::PROC_EVENTS.into() },
         })?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::PROC_EVENTS, source })
-    }
-
-    /// Times every call of the function at `file_offset` in `binary` made by process `pid`,
-    /// reporting it as stage `stage` (the attach cookie). `with_return: false` counts entries
-    /// only (used where return probes are unsafe).
-    pub fn attach_stage(
-        &mut self,
-        stage: u32,
-        binary: &Path,
-        file_offset: u64,
-        pid: u32,
-        with_return: bool,
-    ) -> Result<Vec<StageLink>, ProbeError> {
-        self.load_stage_programs()?;
-        let scope = std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let programs: &[&str] = if with_return { &["stage_enter", "stage_exit"] } else { &["stage_enter"] };
-        let mut links = Vec::new();
-        for &name in programs {
-            let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
-                cookie: Some(stage as u64),
-            };
-            let id = prog.attach(point, binary, scope).map_err(|source| ProbeError::Attach {
-                program: name.into(),
-                category: "uprobe".into(),
-                name: format!("{}+{file_offset:#x}", binary.display()),
-                source,
-            })?;
-            self.uprobes_attached += 1;
-            links.push(StageLink { program: name, id });
-        }
-        Ok(links)
-    }
-
-    /// Removes uprobes attached by [`attach_stage`](Self::attach_stage) (the process is gone or
-    /// runs another program now); returns how many were removed.
-    pub fn detach_stages(&mut self, links: Vec<StageLink>) -> usize {
-        let mut removed = 0;
-        for link in links {
-            let Ok(prog) = program_mut::<UProbe>(&mut self.ebpf, link.program) else { continue };
-            match prog.detach(link.id) {
-                Ok(()) => removed += 1,
-                Err(e) => log::warn!("detaching a {} uprobe: {e}", link.program),
-            }
-        }
-        self.uprobes_attached = self.uprobes_attached.saturating_sub(removed);
-        removed
-    }
-
-    /// Samples every CPU at `hz` with the software cpu-clock (no hardware PMU needed); only
-    /// processes with a phase entry are counted.
-    pub fn start_profiler(&mut self, pid: u32, hz: u64) -> Result<(), ProbeError> {
-        let prog: &mut PerfEvent = program_mut(&mut self.ebpf, "cpu_sample")?;
-        prog.load().map_err(|e| verifier_error("cpu_sample", e))?;
-        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Attach {
-            program: "cpu_sample".into(),
-            category: "perf_event".into(),
-            name: "online cpus".into(),
-            source: ProgramError::IOError(e),
-        })?;
-        for cpu in cpus {
-            prog.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(hz),
-                false,
-            )
-            .map_err(|source| ProbeError::Attach {
-                program: "cpu_sample".into(),
-                category: "perf_event".into(),
-                name: format!("cpu-clock on cpu {cpu}"),
-                source,
-            })?;
-        }
-        self.set_phase(pid, agent_common::phase::IDLE)
-    }
-
-    pub fn set_phase(&mut self, pid: u32, phase: u32) -> Result<(), ProbeError> {
-        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::PROFILE_PHASE)?;
-        m.insert(pid, phase, 0).map_err(|source| ProbeError::Map { name: maps::PROFILE_PHASE, source })
-    }
-
-    /// Stops profiling `pid` and drops its sample and off-CPU counts (the process is gone).
-    pub fn forget_profile(&mut self, pid: u32) {
-        if let Ok(mut m) = self.map_mut::<u32, u32>(maps::PROFILE_PHASE) {
-            let _ = m.remove(&pid);
-        }
-        for name in [maps::SAMPLES, maps::OFFCPU] {
-            let Some(map) = self.ebpf.map_mut(name) else { continue };
-            let Ok(mut m) = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map) else {
-                continue;
-            };
-            let keys: Vec<_> = m.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
-            for k in &keys {
-                let _ = m.remove(k);
-            }
-        }
     }
 
     /// (map, entries, capacity) of the bounded kernel maps, for fill reporting. Walks every key:
@@ -426,53 +309,6 @@ impl SocketProbes {
             .map(name)
             .and_then(|m| aya::maps::PerCpuHashMap::<_, K, V>::try_from(m).ok())
             .map_or(0, |m| m.keys().count())
-    }
-
-    /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
-    pub fn read_samples(&self) -> Result<crate::profile::RawProfile, ProbeError> {
-        self.read_stack_counts(maps::SAMPLES)
-    }
-
-    /// Off-CPU nanoseconds per (process, phase, stacks), summed over CPUs.
-    pub fn read_offcpu(&self) -> Result<crate::profile::RawProfile, ProbeError> {
-        self.read_stack_counts(maps::OFFCPU)
-    }
-
-    fn read_stack_counts(&self, name: &'static str) -> Result<crate::profile::RawProfile, ProbeError> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-        let counts = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map)
-            .map_err(|source| ProbeError::Map { name, source })?;
-        let map = self.ebpf.map(maps::STACKS).ok_or(ProbeError::Map {
-            name: maps::STACKS,
-            source: aya::maps::MapError::InvalidName { name: maps::STACKS.into() },
-        })?;
-        let stacks =
-            aya::maps::StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::STACKS, source })?;
-        let mut raw = crate::profile::RawProfile::default();
-        for item in counts.iter().filter_map(Result::ok) {
-            let (key, per_cpu) = item;
-            let n: u64 = per_cpu.iter().sum();
-            raw.samples.push((key, n));
-            for id in [key.user_stack, key.kernel_stack] {
-                if id >= 0 && !raw.stacks.contains_key(&id) {
-                    if let Ok(st) = stacks.get(&(id as u32), 0) {
-                        raw.stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
-                    }
-                }
-            }
-        }
-        Ok(raw)
-    }
-
-    pub fn take_stage_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(maps::STAGE_EVENTS).ok_or(ProbeError::Map {
-            name: maps::STAGE_EVENTS,
-            source: aya::maps::MapError::InvalidName { name: maps::STAGE_EVENTS.into() },
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::STAGE_EVENTS, source })
     }
 
     /// Takes the ring buffer out (once) for the reader task.
@@ -550,67 +386,6 @@ fn verifier_error(program: &str, e: ProgramError) -> ProbeError {
         }
         other => ProbeError::Verifier { program: program.into(), reason: other.to_string() },
     }
-}
-
-fn is_permission_error(e: &aya::EbpfError) -> bool {
-    let text = format!("{e:?}");
-    text.contains("PermissionDenied") || text.contains("Operation not permitted")
-}
-
-/// CAP_SYS_ADMIN (21), CAP_PERFMON (38), CAP_BPF (39).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-fn cap_eff() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
-}
-
-fn effective_caps() -> String {
-    match cap_eff() {
-        Some(c) => format!("{c:#x}"),
-        None => "unknown".into(),
-    }
-}
-
-/// Fails early, with what to do, when this process cannot load eBPF at all.
-pub fn check_privileges() -> Result<(), ProbeError> {
-    let Some(caps) = cap_eff() else { return Ok(()) };
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok(())
-    } else {
-        Err(ProbeError::MissingCapability { effective: effective_caps() })
-    }
-}
-
-/// Capabilities the daemon needs, with what each is for.
-const DAEMON_CAPS: &[(u32, &str, &str)] = &[
-    (CAP_BPF, "CAP_BPF", "load eBPF programs and maps"),
-    (CAP_PERFMON, "CAP_PERFMON", "attach tracepoints, uprobes and perf events"),
-    (19, "CAP_SYS_PTRACE", "read other processes' /proc/PID/maps, fds and root"),
-    (2, "CAP_DAC_READ_SEARCH", "open target binaries and /proc files of other users"),
-];
-
-/// The daemon refuses to start without what it needs, naming each missing capability.
-/// (CAP_SYS_RESOURCE only matters for the memlock limit of kernels before 5.11: warned about.)
-pub fn check_daemon_capabilities() -> Result<(), ProbeError> {
-    let Some(caps) = cap_eff() else { return Ok(()) };
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
-    let missing: Vec<String> = DAEMON_CAPS
-        .iter()
-        .filter(|(bit, _, _)| !has(*bit) && !(has(CAP_SYS_ADMIN) && (*bit == CAP_BPF || *bit == CAP_PERFMON)))
-        .map(|(_, name, why)| format!("{name} ({why})"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ProbeError::MissingDaemonCapabilities { missing: missing.join(", "), effective: effective_caps() });
-    }
-    if !has(24) {
-        log::info!("CAP_SYS_RESOURCE is absent: fine on kernels >= 5.11 (eBPF memory is not charged to memlock)");
-    }
-    Ok(())
 }
 
 fn ensure_tracefs() -> Result<(), ProbeError> {

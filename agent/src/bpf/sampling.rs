@@ -1,0 +1,111 @@
+//! CPU samples (perf cpu-clock on every CPU) and off-CPU intervals (sched_switch), counted in the
+//! kernel per (process, phase, stacks); the phase each process is in is written here.
+
+use agent_common::maps;
+use aya::{
+    maps::HashMap,
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, ProgramError,
+    },
+};
+
+use super::{program_mut, verifier_error, ProbeError, SocketProbes};
+
+impl SocketProbes {
+    /// Records how long threads of profiled processes block, and where (sched_switch).
+    pub fn start_offcpu(&mut self) -> Result<(), ProbeError> {
+        self.attach_sched_exit()?;
+        self.attach_tracepoint("offcpu_switch", "sched", "sched_switch")?;
+        self.set_setting(agent_common::setting::OFFCPU, true)
+    }
+
+    /// Samples every CPU at `hz` with the software cpu-clock (no hardware PMU needed); only
+    /// processes with a phase entry are counted.
+    pub fn start_profiler(&mut self, pid: u32, hz: u64) -> Result<(), ProbeError> {
+        let prog: &mut PerfEvent = program_mut(&mut self.ebpf, "cpu_sample")?;
+        prog.load().map_err(|e| verifier_error("cpu_sample", e))?;
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| ProbeError::Attach {
+            program: "cpu_sample".into(),
+            category: "perf_event".into(),
+            name: "online cpus".into(),
+            source: ProgramError::IOError(e),
+        })?;
+        for cpu in cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .map_err(|source| ProbeError::Attach {
+                program: "cpu_sample".into(),
+                category: "perf_event".into(),
+                name: format!("cpu-clock on cpu {cpu}"),
+                source,
+            })?;
+        }
+        self.set_phase(pid, agent_common::phase::IDLE)
+    }
+
+    pub fn set_phase(&mut self, pid: u32, phase: u32) -> Result<(), ProbeError> {
+        let mut m: HashMap<_, u32, u32> = self.map_mut(maps::PROFILE_PHASE)?;
+        m.insert(pid, phase, 0).map_err(|source| ProbeError::Map { name: maps::PROFILE_PHASE, source })
+    }
+
+    /// Stops profiling `pid` and drops its sample and off-CPU counts (the process is gone).
+    pub fn forget_profile(&mut self, pid: u32) {
+        if let Ok(mut m) = self.map_mut::<u32, u32>(maps::PROFILE_PHASE) {
+            let _ = m.remove(&pid);
+        }
+        for name in [maps::SAMPLES, maps::OFFCPU] {
+            let Some(map) = self.ebpf.map_mut(name) else { continue };
+            let Ok(mut m) = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map) else {
+                continue;
+            };
+            let keys: Vec<_> = m.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+            for k in &keys {
+                let _ = m.remove(k);
+            }
+        }
+    }
+
+    /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
+    pub fn read_samples(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+        self.read_stack_counts(maps::SAMPLES)
+    }
+
+    /// Off-CPU nanoseconds per (process, phase, stacks), summed over CPUs.
+    pub fn read_offcpu(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+        self.read_stack_counts(maps::OFFCPU)
+    }
+
+    fn read_stack_counts(&self, name: &'static str) -> Result<crate::profile::RawProfile, ProbeError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let counts = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map)
+            .map_err(|source| ProbeError::Map { name, source })?;
+        let map = self.ebpf.map(maps::STACKS).ok_or(ProbeError::Map {
+            name: maps::STACKS,
+            source: aya::maps::MapError::InvalidName { name: maps::STACKS.into() },
+        })?;
+        let stacks =
+            aya::maps::StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::STACKS, source })?;
+        let mut raw = crate::profile::RawProfile::default();
+        for item in counts.iter().filter_map(Result::ok) {
+            let (key, per_cpu) = item;
+            let n: u64 = per_cpu.iter().sum();
+            raw.samples.push((key, n));
+            for id in [key.user_stack, key.kernel_stack] {
+                if id >= 0 && !raw.stacks.contains_key(&id) {
+                    if let Ok(st) = stacks.get(&(id as u32), 0) {
+                        raw.stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
+                    }
+                }
+            }
+        }
+        Ok(raw)
+    }
+}
