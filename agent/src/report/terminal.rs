@@ -1,0 +1,292 @@
+//! The terminal report: the latency table, problems found, stages, profiles and the waterfall.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{Report, RequestJson, NS};
+
+impl Report {
+    fn render_offcpu(&self, o: &mut String) {
+        let Some(off) = &self.offcpu else { return };
+        let _ = writeln!(
+            o,
+            "
+Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
+            off.samples as f64 / 1e6
+        );
+        top_table(o, "top blocking functions", off);
+    }
+
+    fn render_cpu(&self, o: &mut String) {
+        let Some(cpu) = &self.cpu else { return };
+        let phases: Vec<String> = cpu
+            .by_phase
+            .iter()
+            .filter(|(p, _)| *p != "all")
+            .map(|(p, s)| format!("{p} {}", s.values().sum::<u64>()))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nCPU samples {} ({}); no user stack {:.1}%, truncated stacks {:.1}%",
+            cpu.samples,
+            phases.join(", "),
+            pct(cpu.no_user_stack, cpu.samples),
+            pct(cpu.truncated, cpu.samples)
+        );
+        top_table(o, "top functions", cpu);
+    }
+
+    fn render_stages(&self, o: &mut String, width: usize) {
+        let Some(st) = &self.stages else { return };
+        if st.summaries.is_empty() {
+            let _ = writeln!(o, "\nstages: no probed function was called");
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n{:<16}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>11}{:>11}",
+            "stage", "count", "mean", "std", "p50", "p90", "p99", "min", "max", "total", "self"
+        );
+        for s in &st.summaries {
+            let _ = writeln!(
+                o,
+                "{:<16}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>11}{:>11}",
+                s.name,
+                s.count,
+                ms(s.mean_s),
+                ms(s.std_s),
+                ms(s.p50_s),
+                ms(s.p90_s),
+                ms(s.p99_s),
+                ms(s.min_s),
+                ms(s.max_s),
+                ms(s.total_s),
+                ms(s.self_s)
+            );
+        }
+        let all_self: f64 = st.summaries.iter().map(|s| s.self_s).sum();
+        if all_self > 0.0 {
+            let bar_w = width.saturating_sub(34).clamp(10, 60);
+            let _ = writeln!(o, "\nwhere probed time goes (self time)");
+            for s in &st.summaries {
+                let share = s.self_s / all_self;
+                let n = (share * bar_w as f64).round() as usize;
+                let _ = writeln!(o, "  {:<16}{:<bar_w$} {:>5.1}%", s.name, "█".repeat(n), share * 100.0);
+            }
+        }
+        let shared: u64 = st.attribution.shared.values().map(|v| v.count).sum();
+        let outside: u64 = st.attribution.outside.values().map(|v| v.count).sum();
+        let _ = writeln!(o, "calls shared by several requests (batches): {shared}; outside any request: {outside}");
+        if !st.pending.is_empty() {
+            let _ = writeln!(o, "never attached (library not loaded): {}", st.pending.join(", "));
+        }
+    }
+
+    /// The terminal report: summary table, then a waterfall of the last requests.
+    pub fn render(&self, width: usize, max_rows: usize) -> String {
+        let s = self.summary();
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "\ninferscope report — pid {} ({}) — {:.1} s, ended by {} — capture: {}",
+            self.target.pid,
+            self.target.comm,
+            s.duration_s,
+            s.ended_by,
+            match &s.capture.fallback_reason {
+                None => s.capture.mode.name().to_string(),
+                Some(why) => format!("{} ({why})", s.capture.mode.name()),
+            }
+        );
+        if !self.target.workers.is_empty() {
+            let pids: Vec<String> = self.target.workers.iter().map(u32::to_string).collect();
+            let _ = writeln!(o, "followed with its workers (they serve its listening socket): pid {}", pids.join(", "));
+        }
+        let _ = writeln!(
+            o,
+            "requests {} ({} streaming)   chunks/s {:.1}   tokens/s {}   lost events {}",
+            s.requests,
+            s.streaming_requests,
+            s.chunks_per_s,
+            s.tokens_per_s.map_or("n/a (not stated by the stream)".into(), |t| format!("{t:.1}")),
+            s.lost.lost_total()
+        );
+        let _ =
+            writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
+        for (name, d) in (s.requests > 0)
+            .then_some([
+                ("time to first byte", s.ttfb_s),
+                ("time to first token", s.ttft_s),
+                ("inter-token latency", s.itl_s),
+                ("end-to-end", s.e2e_s),
+            ])
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                o,
+                "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}",
+                d.count,
+                ms(d.p50),
+                ms(d.p90),
+                ms(d.p99),
+                ms(d.max),
+                ms(d.mean)
+            );
+        }
+        if s.decode_chunks_per_s.count > 0 {
+            let d = s.decode_chunks_per_s;
+            let _ = writeln!(
+                o,
+                "{:<22}{:>7}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}  (chunks/s per request)",
+                "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean
+            );
+        }
+        let p = &s.parse;
+        let problems = p.bad_heads + p.bad_chunks + p.framing_lost + p.unmatched_responses + p.aborted;
+        if problems > 0 || s.events.decode_errors > 0 || s.lost.lost_total() > 0 {
+            let _ = writeln!(
+                o,
+                "\nnot measured: lost events {} (reads {}, writes {}), non-HTTP heads {}, bad chunking {}, framing lost {}, responses without request {}, aborted {}, decode errors {}",
+                s.lost.lost_total(),
+                s.lost.lost_reads,
+                s.lost.lost_writes,
+                p.bad_heads,
+                p.bad_chunks,
+                p.framing_lost,
+                p.unmatched_responses,
+                p.aborted,
+                s.events.decode_errors
+            );
+        }
+        if s.events.no_payload > 0 {
+            let _ = writeln!(
+                o,
+                "not captured: {} socket reads/writes of the target had no buffer we can read (io_uring, sendfile, \
+                 kernel workers): their lengths count, their bytes (requests, frames) are not seen",
+                s.events.no_payload
+            );
+        }
+        self.render_stages(&mut o, width);
+        self.render_cpu(&mut o);
+        self.render_offcpu(&mut o);
+        if let Some(g) = &self.gpu {
+            o.push_str(&g.render());
+        }
+        o.push_str(&self.waterfall(width, max_rows));
+        o
+    }
+
+    fn waterfall(&self, width: usize, max_rows: usize) -> String {
+        let mut o = String::new();
+        if self.requests.is_empty() {
+            o.push_str("\nno requests seen\n");
+            return o;
+        }
+        let first_shown = self.requests.len().saturating_sub(max_rows);
+        let shown = &self.requests[first_shown..];
+        let longest = shown.iter().map(|r| r.end_ns.saturating_sub(r.request_ns)).max().unwrap_or(1).max(1);
+        let label_w = 28;
+        let bar_w = width.saturating_sub(label_w + 34).clamp(10, 80);
+        let _ = writeln!(
+            o,
+            "\nwaterfall (last {} of {} requests; bar = request → end, scale {} per char)\n  ░ waiting for first byte  ▒ first byte → first token  █ streaming  │ first token",
+            shown.len(),
+            self.requests.len(),
+            ms(longest as f64 / NS / bar_w as f64)
+        );
+        for (offset, r) in shown.iter().enumerate() {
+            let col =
+                |t: u64| ((t.saturating_sub(r.request_ns) as f64 / longest as f64) * bar_w as f64).round() as usize;
+            let fb = col(r.first_byte_ns).min(bar_w);
+            let ft = r.first_token_ns.map(|t| col(t).min(bar_w));
+            let end = col(r.end_ns).clamp(1, bar_w);
+            let mut bar = String::new();
+            for i in 0..bar_w {
+                let ch = if i >= end {
+                    ' '
+                } else if ft == Some(i) {
+                    '│'
+                } else if i < fb {
+                    '░'
+                } else if ft.is_some_and(|f| i < f) {
+                    '▒'
+                } else if ft.is_some() {
+                    '█'
+                } else {
+                    '▒'
+                };
+                bar.push(ch);
+            }
+            let mut label = format!("{} {}", r.method, r.path);
+            let n = label.chars().count();
+            if n > label_w - 1 {
+                // Keep the end: it is what tells requests apart (`…/completions/r17`).
+                label = "…".to_string() + &label.chars().skip(n - (label_w - 3)).collect::<String>();
+            }
+            let j = RequestJson::from(r);
+            let gpu = self
+                .gpu
+                .as_ref()
+                .filter(|g| g.status.enabled)
+                .map_or(String::new(), |g| format!(" {}", g.cell(first_shown + offset)));
+            let _ = writeln!(
+                o,
+                "{label:<label_w$}{bar} ttft {:>9} e2e {:>9} {:>4} ch{gpu}",
+                j.ttft_s.map_or("-".into(), ms),
+                ms(j.e2e_s),
+                r.chunks
+            );
+            self.stage_rows(&mut o, first_shown + offset, label_w, bar_w, &col);
+        }
+        o
+    }
+
+    /// Under a request's bar: one row per stage, marking where its calls ran.
+    fn stage_rows(&self, o: &mut String, idx: usize, label_w: usize, bar_w: usize, col: &dyn Fn(u64) -> usize) {
+        let Some(st) = &self.stages else { return };
+        let mut rows: BTreeMap<&str, Vec<char>> = BTreeMap::new();
+        for (i, c) in st.calls.iter().enumerate() {
+            if st.attribution.call_request.get(i).copied().flatten() != Some(idx) {
+                continue;
+            }
+            let row = rows.entry(st.attribution.call_names[i].as_str()).or_insert_with(|| vec![' '; bar_w]);
+            let (a, b) = (col(c.start_ns).min(bar_w - 1), col(c.end_ns).min(bar_w - 1));
+            for cell in row.iter_mut().take(b + 1).skip(a) {
+                *cell = '▬';
+            }
+        }
+        for (name, row) in rows {
+            let _ = writeln!(o, "{:>label_w$}{}", format!("{name} "), row.into_iter().collect::<String>());
+        }
+    }
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 * 100.0 / b as f64
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s == 0.0 {
+        "0".into()
+    } else if s < 0.001 {
+        format!("{:.0}µs", s * 1e6)
+    } else if s < 10.0 {
+        format!("{:.2}ms", s * 1e3)
+    } else {
+        format!("{s:.2}s")
+    }
+}
+
+/// The top-functions table of a CPU or off-CPU profile (`title` heads its first column).
+fn top_table(o: &mut String, title: &str, folded: &crate::profile::Folded) {
+    let _ = writeln!(o, "{title:<60}{:>8}{:>8}", "self", "total");
+    for (f, s, t) in crate::profile::top_functions(folded, 12) {
+        let name: String = if f.chars().count() > 58 { f.chars().take(57).collect::<String>() + "…" } else { f };
+        let _ = writeln!(o, "{name:<60}{:>7.1}%{:>7.1}%", s * 100.0, t * 100.0);
+    }
+}
