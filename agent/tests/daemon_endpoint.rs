@@ -27,15 +27,6 @@ fn config(extra: &str) -> String {
     format!("gpu_sample_hz = 0\nkubernetes = \"off\"\n{extra}\n[[rule]]\nname = \"none\"\ncomm = [\"no-such-comm\"]\n")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// RLIMIT_NOFILE of a process, soft and hard, from /proc/PID/limits.
 fn nofile_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/limits"))

@@ -184,14 +184,7 @@ impl SocketProbes {
             }
             Err(reason) => {
                 for &(program, category, name) in SYSCALL_TRACEPOINTS {
-                    let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
-                    prog.load().map_err(|e| verifier_error(program, e))?;
-                    prog.attach(category, name).map_err(|source| ProbeError::Attach {
-                        program: program.into(),
-                        category: category.into(),
-                        name: name.into(),
-                        source,
-                    })?;
+                    attach_tracepoint(&mut ebpf, program, category, name)?;
                 }
                 if choice == CaptureChoice::Syscalls {
                     log::info!("capture: syscall tracepoints (asked for)");
@@ -226,15 +219,7 @@ impl SocketProbes {
     }
 
     fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<(), ProbeError> {
-        let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
-        prog.load().map_err(|e| verifier_error(program, e))?;
-        prog.attach(category, name).map_err(|source| ProbeError::Attach {
-            program: program.into(),
-            category: category.into(),
-            name: name.into(),
-            source,
-        })?;
-        Ok(())
+        attach_tracepoint(&mut self.ebpf, program, category, name)
     }
 
     fn set_setting(&mut self, which: u32, on: bool) -> Result<(), ProbeError> {
@@ -372,6 +357,19 @@ where
     ebpf.program_mut(name).ok_or_else(|| ProbeError::MissingProgram(name.into()))?.try_into().map_err(|source| {
         ProbeError::Attach { program: name.into(), category: "program type".into(), name: name.into(), source }
     })
+}
+
+/// Loads tracepoint program `program` and attaches it to `category:name`.
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint = program_mut(ebpf, program)?;
+    prog.load().map_err(|e| verifier_error(program, e))?;
+    prog.attach(category, name).map_err(|source| ProbeError::Attach {
+        program: program.into(),
+        category: category.into(),
+        name: name.into(),
+        source,
+    })?;
+    Ok(())
 }
 
 fn verifier_error(program: &str, e: ProgramError) -> ProbeError {
