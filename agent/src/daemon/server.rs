@@ -4,11 +4,12 @@
 //! now and then (slowloris), from wherever the listen address can be reached:
 //! - One request per connection. The head must fit in 8 KiB and arrive within 2 s, with no
 //!   second without a byte; a connection that breaks either rule is closed (408).
-//! - At most 1024 connections are kept (half of RLIMIT_NOFILE when that is lower; the soft limit
-//!   is raised towards the hard one first). When full, a new connection evicts the oldest one
-//!   still waiting for its head instead of being refused: a scraper sends its head at once, so
-//!   connections held open cannot lock it out. A new connection is refused only when every kept
-//!   one is past its head. Out of descriptors (EMFILE), the oldest waiting one gives way too.
+//! - At most 1024 connections are kept (half of RLIMIT_NOFILE when that is lower; a soft limit
+//!   under 4096 is raised towards the hard one first). When full, a new connection evicts the
+//!   oldest one still waiting for its head instead of being refused: a scraper sends its head at
+//!   once, so connections held open cannot lock it out. A new connection is refused only when
+//!   every kept one is past its head. Out of descriptors (EMFILE), the oldest waiting one gives
+//!   way too.
 //! - At most 32 answers are being written at once (each holds its body); a new one evicts the
 //!   oldest. Memory: 1024 heads of at most 16 KiB (about 1.5 KiB while nothing arrived), and 32
 //!   bodies.
