@@ -62,10 +62,22 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "series_grace_seconds": (int, float),
     "kubernetes": str,
     "kubernetes_max_pods": int,
+    "uprobe_linger_seconds": (int, float),
+    "capture": str,
+    "metrics_bearer_token_file": str,
     "rule": list,
 }
-OPTIONAL_KEYS = {"nvml_library", "series_grace_seconds", "kubernetes", "kubernetes_max_pods"}
+OPTIONAL_KEYS = {
+    "nvml_library",
+    "series_grace_seconds",
+    "kubernetes",
+    "kubernetes_max_pods",
+    "uprobe_linger_seconds",
+    "capture",
+    "metrics_bearer_token_file",
+}
 KUBERNETES_MODES = {"auto", "on", "off"}
+CAPTURE_MODES = {"auto", "socket", "syscalls"}
 RULE_KEYS = {
     "name": str,
     "comm": list,
@@ -166,6 +178,8 @@ def check_config() -> bytes:
             problems.append(f"missing {k!r}")
     if cfg.get("kubernetes", "auto") not in KUBERNETES_MODES:
         problems.append(f"kubernetes must be one of {sorted(KUBERNETES_MODES)}")
+    if cfg.get("capture", "auto") not in CAPTURE_MODES:
+        problems.append(f"capture must be one of {sorted(CAPTURE_MODES)}")
     rules = cfg.get("rule", [])
     names = set()
     for i, r in enumerate(rules):
