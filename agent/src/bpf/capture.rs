@@ -39,13 +39,17 @@ pub(super) fn attach_socket(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
 }
 
 impl SocketProbes {
-    /// Starts following process `tgid`. Socket capture: its listening ports are registered first,
-    /// so that its connections (accepted before or after this moment) are claimed by their first
+    /// Starts following process `tgid`. Socket capture: its listening ports are registered, so
+    /// that its connections (accepted before or after this moment) are claimed by their first
     /// read. Syscall capture: connections it already holds are found in /proc. Returns the
     /// connection keys the parser should treat as joined mid-stream (syscall capture only).
     pub fn follow(&mut self, tgid: u32) -> Result<Vec<u64>, ProbeError> {
         match self.mode {
             CaptureMode::Socket => {
+                // Followed first, ports second: a listen() from here on is registered by the
+                // kernel, one before is in /proc. Sockets a read judged "not accepted" in between
+                // are judged again below.
+                self.add_target(tgid)?;
                 let ports = crate::procfs::listening_ports(tgid);
                 {
                     let mut m: HashMap<_, u16, u32> = self.map_mut(maps::LISTEN_PORTS)?;
@@ -57,9 +61,7 @@ impl SocketProbes {
                 for port in ports {
                     self.listen_ports.entry(port).or_default().insert(tgid);
                 }
-                // Sockets judged "not accepted" before its ports were known are judged again.
                 self.forget_sockets(tgid, true)?;
-                self.add_target(tgid)?;
                 Ok(Vec::new())
             }
             CaptureMode::Syscalls => {
