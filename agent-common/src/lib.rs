@@ -21,6 +21,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const TARGETS: &str = "TARGETS";
     pub const CONNS: &str = "CONNS";
+    pub const SEND_SLOTS: &str = "SEND_SLOTS";
     pub const FD_CONNS: &str = "FD_CONNS";
     pub const ARGS: &str = "ARGS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -177,6 +178,29 @@ pub struct ConnInfo {
     pub tgid: u32,
     /// Set once a Close record was sent.
     pub closed: u32,
+}
+
+/// One slot of the socket-capture map `SEND_SLOTS`: a direct-mapped copy of one followed
+/// connection's [`ConnInfo`], so a send on it finds its id with array reads instead of a hash
+/// lookup. `check` is `sk ^ id ^ tgid`: a slot written by two claims at once, or read while it is
+/// written, fails the check and the send falls back to `CONNS`, never to a wrong connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendSlot {
+    pub sk: u64,
+    pub id: u64,
+    pub tgid: u64,
+    pub check: u64,
+}
+
+/// Number of slots of `SEND_SLOTS` and of the send filter (a power of two).
+pub const SEND_SLOT_COUNT: u32 = 1 << 16;
+
+/// The slot of `struct sock *` `sk` in `SEND_SLOTS` and the send filter (slab objects are
+/// aligned, so the low byte carries no information).
+#[inline(always)]
+pub fn send_slot(sk: u64) -> u32 {
+    (((sk >> 8) ^ (sk >> 24)) & (SEND_SLOT_COUNT as u64 - 1)) as u32
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -357,4 +381,5 @@ mod user {
     unsafe impl aya::Pod for super::OffCpuStart {}
     unsafe impl aya::Pod for super::ProcEvent {}
     unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::SendSlot {}
 }

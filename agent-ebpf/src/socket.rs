@@ -21,7 +21,10 @@
 //!
 //! Struct offsets come from the running kernel's BTF, set by the loader as globals.
 
-use agent_common::{counter, event_flag, limits, syscall_nr, ConnInfo, EventHeader, EventKind, MAX_CAPTURE};
+use agent_common::{
+    counter, event_flag, limits, send_slot, syscall_nr, ConnInfo, EventHeader, EventKind, SendSlot, MAX_CAPTURE,
+    SEND_SLOT_COUNT,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user, generated},
     macros::{map, raw_tracepoint},
@@ -49,22 +52,70 @@ static PASSIVE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::PASS
 /// `CLOSE` takes it back; entries removed by userspace leave their count (a false positive costs
 /// the hash lookup, never a missed send).
 #[map]
-static SEND_FILTER: Array<u32> = Array::with_max_entries(SEND_FILTER_SLOTS, 0);
-const SEND_FILTER_SLOTS: u32 = 1 << 16;
-
-#[inline(always)]
-fn filter_slot(sk: u64) -> u32 {
-    (((sk >> 8) ^ (sk >> 24)) & (SEND_FILTER_SLOTS as u64 - 1)) as u32
-}
+static SEND_FILTER: Array<u32> = Array::with_max_entries(SEND_SLOT_COUNT, 0);
+/// Followed connections, direct-mapped by the same slot: the first claim of a slot caches its
+/// connection there, so sends on it need no hash lookup (see [`SendSlot`]). Freed at `CLOSE`
+/// and by userspace when it forgets a connection.
+#[map]
+static SEND_SLOTS: Array<SendSlot> = Array::with_max_entries(SEND_SLOT_COUNT, 0);
 
 #[inline(always)]
 fn filter_add(sk: u64, delta: i32) {
-    if let Some(p) = SEND_FILTER.get_ptr_mut(filter_slot(sk)) {
+    if let Some(p) = SEND_FILTER.get_ptr_mut(send_slot(sk)) {
         // SAFETY: a map value pointer; the atomic add (BPF_ATOMIC) keeps concurrent CPUs exact.
         // The BPF target has no `AtomicU32`, hence the intrinsic; its result is unused, so LLVM
         // emits the plain atomic add every BPF CPU version has.
         unsafe {
             core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta as u32);
+        }
+    }
+}
+
+/// Caches a claimed connection in its send slot if the slot is free.
+#[inline(always)]
+fn slot_cache(sk: u64, info: &ConnInfo) {
+    let Some(p) = SEND_SLOTS.get_ptr_mut(send_slot(sk)) else { return };
+    // SAFETY: a map value pointer. Volatile accesses keep the order of the stores; a race with
+    // another claim of the same slot leaves a slot whose check fails (read as empty).
+    unsafe {
+        if core::ptr::read_volatile(&(*p).sk) != 0 {
+            return;
+        }
+        let tgid = info.tgid as u64;
+        core::ptr::write_volatile(&mut (*p).sk, sk);
+        core::ptr::write_volatile(&mut (*p).id, info.id);
+        core::ptr::write_volatile(&mut (*p).tgid, tgid);
+        core::ptr::write_volatile(&mut (*p).check, sk ^ info.id ^ tgid);
+    }
+}
+
+/// The connection cached for `sk`, if its slot holds it (checked).
+#[inline(always)]
+fn slot_lookup(sk: u64) -> Option<ConnInfo> {
+    let p = SEND_SLOTS.get_ptr(send_slot(sk))?;
+    // SAFETY: a map value pointer, read field by field; the check rejects a torn read.
+    unsafe {
+        if core::ptr::read_volatile(&(*p).sk) != sk {
+            return None;
+        }
+        let id = core::ptr::read_volatile(&(*p).id);
+        let tgid = core::ptr::read_volatile(&(*p).tgid);
+        if core::ptr::read_volatile(&(*p).check) != sk ^ id ^ tgid {
+            return None;
+        }
+        Some(ConnInfo { id, tgid: tgid as u32, closed: 0 })
+    }
+}
+
+/// Frees `sk`'s send slot if it holds it.
+#[inline(always)]
+fn slot_free(sk: u64) {
+    let Some(p) = SEND_SLOTS.get_ptr_mut(send_slot(sk)) else { return };
+    // SAFETY: a map value pointer; the check is broken first so no reader trusts a half-freed slot.
+    unsafe {
+        if core::ptr::read_volatile(&(*p).sk) == sk {
+            core::ptr::write_volatile(&mut (*p).check, 0);
+            core::ptr::write_volatile(&mut (*p).sk, 0);
         }
     }
 }
@@ -171,6 +222,7 @@ fn claim(sk: u64, pid_tgid: u64) -> Option<ConnInfo> {
     }
     bump(counter::CLAIMED);
     filter_add(sk, 1);
+    slot_cache(sk, &info);
     let kind = if fresh { EventKind::Accept } else { EventKind::Joined };
     output_header(EventHeader {
         ts_ns: now_ns(),
@@ -328,11 +380,11 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
     if ret <= 0 || ctx.arg::<u64>(2) & MSG_PEEK != 0 {
         return 0; // nothing moved (EOF, EAGAIN, error) or peeked (will be read again)
     }
-    let ts = now_ns();
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_target((pid_tgid >> 32) as u32) {
         return 0;
     }
+    let ts = now_ns();
     let sk = ctx.arg::<u64>(0);
     // SAFETY: read-only lookup, value copied.
     let conn = match unsafe { CONNS.get(&sk) } {
@@ -356,11 +408,17 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let sk = ctx.arg::<u64>(0);
-    if SEND_FILTER.get(filter_slot(sk)).is_none_or(|n| *n == 0) {
-        return 0; // not a followed connection: no hash lookup
-    }
-    // SAFETY: read-only lookup, value copied.
-    let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else { return 0 };
+    let conn = match slot_lookup(sk) {
+        Some(c) => c,
+        None => {
+            if SEND_FILTER.get(send_slot(sk)).is_none_or(|n| *n == 0) {
+                return 0; // not a followed connection: no hash lookup
+            }
+            // SAFETY: read-only lookup, value copied.
+            let Some(conn) = (unsafe { CONNS.get(&sk) }).copied() else { return 0 };
+            conn
+        }
+    };
     if conn.id != 0 {
         capture(EventKind::Write, &conn, ret as u64, now_ns(), bpf_get_current_pid_tgid());
     }
@@ -413,6 +471,7 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
             if new == TCP_CLOSE {
                 if c.id != 0 {
                     filter_add(sk, -1);
+                    slot_free(sk);
                 }
                 let _ = CONNS.remove(&sk);
             }

@@ -1,9 +1,9 @@
 //! The stream-capture side of the kernel boundary: attaching the socket-layer programs, and
 //! following / unfollowing a process on whichever capture path is in use.
 
-use agent_common::{conn_key, maps, ConnInfo};
+use agent_common::{conn_key, maps, send_slot, ConnInfo, SendSlot};
 use aya::{
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{ProgramError, RawTracePoint},
     Ebpf,
 };
@@ -140,6 +140,15 @@ impl SocketProbes {
             .collect();
         for (sk, _) in &doomed {
             let _ = m.remove(sk);
+        }
+        // A cached send slot of a forgotten socket must go too: the kernel frees slots only at
+        // CLOSE, and a socket we stop following may live on (and its address be reused later).
+        let mut slots: Array<_, SendSlot> = self.array_mut(maps::SEND_SLOTS)?;
+        for &(sk, followed) in &doomed {
+            let i = send_slot(sk);
+            if followed && slots.get(&i, 0).is_ok_and(|s| s.sk == sk) {
+                let _ = slots.set(i, SendSlot::default(), 0);
+            }
         }
         Ok(doomed.iter().filter(|(_, followed)| *followed).count())
     }

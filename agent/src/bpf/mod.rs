@@ -347,6 +347,14 @@ impl SocketProbes {
             .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
+
+    fn array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<aya::maps::Array<&mut MapData, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    }
 }
 
 /// Program `name` of the embedded object, as its program type (`TracePoint`, `UProbe`, …).
