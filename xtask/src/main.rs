@@ -74,6 +74,7 @@ fn main() -> Result<()> {
             let l = llama::ensure(&root)?;
             std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
+            std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
             test(&args)
         }
         Cmd::Llama => {
