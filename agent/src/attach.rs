@@ -134,6 +134,11 @@ impl Run {
             }
             ingest.enable_stages()?;
         }
+        // Exec and exit records (tracepoints, not syscall hooks): an exec of the target is a new
+        // identity from that instant. Without them the run goes on, naming the first program.
+        if let Err(e) = ingest.enable_process_events() {
+            log::warn!("exec of the target will not be noticed: {e}");
+        }
         if let Some(hz) = opts.sample_hz {
             ingest.probes.start_profiler(opts.pid, hz)?;
         }
@@ -191,6 +196,43 @@ impl Run {
         }
     }
 
+    /// The target (or a worker) exec'd: same PID, new program. Say so once, record it for the
+    /// report, and drop what was cached about the old image (symbols, mappings).
+    fn notice_execs(&mut self) {
+        for ev in self.ingest.process_events() {
+            if ev.kind != agent_common::proc_event::EXEC {
+                continue;
+            }
+            if ev.tgid != self.opts.pid && !self.workers.contains(&ev.tgid) {
+                continue;
+            }
+            // Samples taken before the exec are symbolized while the old maps are gone: what is
+            // still unresolved then comes out as [unknown], never as a frame of the new program.
+            self.symbolizer.forget_pid(ev.tgid);
+            let Ok(now) = procfs::target_info(ev.tgid) else { continue };
+            let at_s = ev.ts_ns.saturating_sub(self.run_start_ns) as f64 / 1e9;
+            let from_comm =
+                if ev.tgid == self.opts.pid { self.target.comm.clone() } else { format!("worker {}", ev.tgid) };
+            log::info!(
+                "pid {} exec'd {} → {} ({}): figures from here on belong to the new program",
+                ev.tgid,
+                from_comm,
+                now.comm,
+                now.exe
+            );
+            if ev.tgid == self.opts.pid {
+                self.target.execs.push(crate::report::ExecInfo {
+                    at_s,
+                    from_comm,
+                    comm: now.comm.clone(),
+                    exe: now.exe.clone(),
+                });
+                self.target.comm = now.comm;
+                self.target.exe = now.exe;
+            }
+        }
+    }
+
     fn profiling(&self) -> bool {
         self.opts.sample_hz.is_some() || self.opts.offcpu
     }
@@ -210,6 +252,7 @@ impl Run {
         let ended_by = loop {
             tokio::select! {
                 _ = poll.tick() => {
+                    self.notice_execs();
                     self.ingest.drain(&mut self.sink);
                     if self.profiling() {
                         self.ingest.push_phase(self.opts.pid);

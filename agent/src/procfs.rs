@@ -23,7 +23,7 @@ pub fn target_info(pid: u32) -> Result<TargetInfo, ProcError> {
         _ => ProcError::Io { pid, source: e },
     })?;
     let exe = fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-    Ok(TargetInfo { pid, comm: comm.trim().to_string(), exe, workers: Vec::new() })
+    Ok(TargetInfo { pid, comm: comm.trim().to_string(), exe, workers: Vec::new(), execs: Vec::new() })
 }
 
 /// Refuses, with one line, a PID that cannot be measured: this agent itself, a kernel thread

@@ -233,3 +233,51 @@ fn bad_input_is_refused_before_attaching_with_one_line() {
     }
     drop(zombie);
 }
+
+#[test]
+fn a_flamegraph_of_a_process_that_never_ran_is_still_written() {
+    let _serial = require_root();
+    let dir = scratch_dir("no-samples");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let (svg, folded) = (dir.join("cpu.svg"), dir.join("cpu.folded"));
+    let agent = Agent::attach(
+        sleeper.id(),
+        &dir.join("report.json"),
+        &["--duration", "1", "--flamegraph", svg.to_str().unwrap(), "--folded", folded.to_str().unwrap()],
+    );
+    let report = agent.wait_report();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(report["cpu"]["samples"].as_u64().unwrap_or(0), 0, "a sleeping process is never sampled");
+    let text = std::fs::read_to_string(&svg).expect("the SVG is written even without samples");
+    assert!(text.contains("no samples"), "{text}");
+    assert_eq!(std::fs::read_to_string(&folded).expect("the folded file too"), "");
+}
+
+#[test]
+fn a_target_that_execs_gets_a_new_identity_in_the_report() {
+    let _serial = require_root();
+    let dir = scratch_dir("exec");
+    // It execs once the agent is attached (the test creates `go`).
+    let go = dir.join("go");
+    let script = format!(
+        "import os, time\nwhile not os.path.exists({go:?}): time.sleep(0.02)\nos.execv('/bin/sleep', ['sleep', '30'])"
+    );
+    // The interpreter itself, not a launcher script (pyenv's shim is bash exec'ing python).
+    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap();
+    let python = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut target = Command::new(python).args(["-c", &script]).spawn().unwrap();
+    let agent = Agent::attach(target.id(), &dir.join("report.json"), &["--duration", "3"]);
+    std::fs::write(&go, "").unwrap();
+    let (report, stdout) = agent.wait_report_with_stdout();
+    let _ = target.kill();
+    let _ = target.wait();
+    let execs = report["target"]["execs"].as_array().unwrap_or_else(|| panic!("no execs in {}", report["target"]));
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(execs[0]["comm"], "sleep");
+    assert!(execs[0]["from_comm"].as_str().unwrap().starts_with("python"), "{execs:?}");
+    let at = execs[0]["at_s"].as_f64().unwrap();
+    assert!(at > 0.0 && at < 3.0, "exec time inside the run: {at}");
+    assert_eq!(report["target"]["comm"], "sleep", "the report names the program it ran at the end");
+    assert!(stdout.contains("exec'd at"), "the terminal report says so: {stdout}");
+}

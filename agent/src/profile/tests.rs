@@ -186,6 +186,21 @@ fn fold_matches_the_reference() {
 }
 
 #[test]
+fn a_profile_without_samples_still_writes_its_files() {
+    let dir = std::env::temp_dir().join(format!("inferscope-empty-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svg, folded) = (dir.join("f.svg"), dir.join("f.folded"));
+    let empty = fold(&RawProfile::default(), &mut Symbolizer::new(), &mut UserFrames::new(), &Kallsyms::default(), "x");
+    let written = super::write(&empty, Some(&svg), Some(&folded), "srv <1>").unwrap();
+    assert_eq!(written, vec![folded.clone(), svg.clone()]);
+    assert_eq!(std::fs::read_to_string(&folded).unwrap(), "");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<?xml") && text.contains("no samples: 0 samples recorded"), "{text}");
+    assert!(text.contains("srv &lt;1&gt;"), "title escaped: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn line_keys_sort_as_the_lines() {
     let mut names = Names::default();
     let mut x = 99u64;

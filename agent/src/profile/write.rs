@@ -64,7 +64,39 @@ fn write_phase(
     Ok(written)
 }
 
-/// Writes one SVG (and folded file) per phase that has samples; returns the files written.
+/// The files of a profile without a single sample: an empty folded file and an SVG that says so
+/// (and why, in `reason`), so `--flamegraph`/`--folded` never end a run with nothing written.
+pub fn write_empty(
+    svg: Option<&Path>,
+    folded_path: Option<&Path>,
+    title: &str,
+    reason: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    if let Some(p) = folded_path {
+        std::fs::write(p, "")?;
+        written.push(p.to_path_buf());
+    }
+    if let Some(p) = svg {
+        let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let text = format!(
+            "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+             <svg version=\"1.1\" width=\"1200\" height=\"120\" xmlns=\"http://www.w3.org/2000/svg\">\n\
+             <rect x=\"0\" y=\"0\" width=\"100%\" height=\"100%\" fill=\"#eeeeee\"/>\n\
+             <text x=\"600\" y=\"40\" text-anchor=\"middle\" font-family=\"Verdana\" font-size=\"17\">{}</text>\n\
+             <text x=\"600\" y=\"80\" text-anchor=\"middle\" font-family=\"Verdana\" font-size=\"14\">no samples: {}</text>\n\
+             </svg>\n",
+            esc(title),
+            esc(reason)
+        );
+        std::fs::write(p, text)?;
+        written.push(p.to_path_buf());
+    }
+    Ok(written)
+}
+
+/// Writes one SVG (and folded file) per phase that has samples; returns the files written. A
+/// profile without samples gets [`write_empty`]'s files.
 ///
 /// Phases render in parallel, each on a thread of its own: inferno picks frame colours from a
 /// thread-local generator that starts at the same seed in every thread, so each SVG comes out the
@@ -75,6 +107,10 @@ pub fn write(
     folded_path: Option<&Path>,
     title: &str,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    if folded.by_phase.values().all(BTreeMap::is_empty) {
+        let reason = format!("0 {} recorded for the target during the run", folded.unit_name());
+        return write_empty(svg, folded_path, title, &reason);
+    }
     let phases: Vec<(&String, &BTreeMap<Stack, u64>)> = folded.by_phase.iter().collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(phases.len());
     let next = AtomicUsize::new(0);

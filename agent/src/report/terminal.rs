@@ -98,6 +98,13 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 Some(why) => format!("{} ({why})", s.capture.mode.name()),
             }
         );
+        for e in &self.target.execs {
+            let _ = writeln!(
+                o,
+                "pid {} exec'd at {:.1} s: {} → {} ({}); figures after it belong to the new program",
+                self.target.pid, e.at_s, e.from_comm, e.comm, e.exe
+            );
+        }
         if !self.target.workers.is_empty() {
             let pids: Vec<String> = self.target.workers.iter().map(u32::to_string).collect();
             let _ = writeln!(o, "followed with its workers (they serve its listening socket): pid {}", pids.join(", "));

@@ -68,7 +68,7 @@ fn json_fields_are_derived_from_timestamps() {
 #[test]
 fn render_has_table_and_waterfall() {
     let report = Report {
-        target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new() },
+        target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new(), execs: Vec::new() },
         requests: vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)],
         requests_not_kept: 0,
         duration_s: 1.0,

@@ -201,7 +201,7 @@ impl Agent {
         self.wait_report_with_stdout().0
     }
 
-    fn wait_report_with_stdout(mut self) -> (serde_json::Value, String) {
+    pub fn wait_report_with_stdout(mut self) -> (serde_json::Value, String) {
         let status = self.child.wait().unwrap();
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out);
