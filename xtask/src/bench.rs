@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::measure::{cpu_ns, mean, mean_sd, rss_hwm_kib};
 use crate::{step, KillOnDrop};
 
 struct Level {
@@ -36,28 +37,6 @@ struct Sample {
     server_cpu_ns_per_event: f64,
     agent_cpu_share: f64,
     agent_rss_kib: u64,
-}
-
-fn clk_tck() -> f64 {
-    100.0 // USER_HZ on Linux
-}
-
-/// utime + stime of a process, ns.
-pub(crate) fn cpu_ns(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / clk_tck() * 1e9)
-}
-
-pub(crate) fn rss_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
@@ -117,10 +96,6 @@ fn start_agent(pid: u32, args: &[&str]) -> Result<KillOnDrop> {
     }
     std::thread::spawn(move || for _ in reader.lines() {});
     Ok(a)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
 }
 
 pub fn overhead(rounds: usize) -> Result<()> {
@@ -315,47 +290,6 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-/// Bench steps `cargo xtask bench --only STEP[,STEP…]` can pick; all of them by default.
-pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "capture", "criterion"];
-
-/// Runs the selected steps (all when `only` is empty), in the order of [`STEPS`].
-pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> Result<()> {
-    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    if want("stream") {
-        overhead(rounds)?;
-    }
-    if want("uprobe") {
-        uprobe_cost(rounds)?;
-    }
-    if want("llama") {
-        llama_overhead(root, rounds)?;
-    }
-    if want("cpu") {
-        cpu_sampling_overhead(rounds)?;
-    }
-    if want("daemon") {
-        crate::daemon_bench::run(rounds)?;
-    }
-    if want("capture") {
-        crate::capture_bench::run(rounds)?;
-    }
-    if want("criterion") {
-        step("bench: criterion (decode throughput, symbolization throughput, flamegraph rendering)");
-        crate::run(Command::new("cargo").args([
-            "bench",
-            "-p",
-            "inferscope",
-            "--bench",
-            "decode",
-            "--bench",
-            "symbolize",
-            "--bench",
-            "flamegraph",
-        ]))?;
-    }
-    Ok(())
-}
-
 /// CPU-bound target for the sampling-overhead bench: a loop 18 frames deep (main and 17 calls,
 /// frame pointers, no tail calls), so every sample walks a stack of realistic depth. No syscalls while it spins
 /// (CLOCK_MONOTONIC is read through the vDSO). Prints `READY PID`; for each stdin line `SECONDS`
@@ -543,13 +477,6 @@ fn spin_window(
     }
     std::thread::sleep(Duration::from_millis(300));
     Ok(w)
-}
-
-/// (mean, sample standard deviation)
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let m = mean(v);
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
-    (m, var.sqrt())
 }
 
 /// Sampling overhead (issue 4): iterations/s of a CPU-bound target in windows alternating with
