@@ -27,7 +27,7 @@ pub struct AttachOptions {
     pub poll_interval: Duration,
     /// Print the live one-line status to stderr.
     pub status: bool,
-    /// Functions to time (from `--stage` and `--profile`).
+    /// Functions to time (from `--stage` and `--stage-set`).
     pub stages: Vec<StageDef>,
     /// CPU sampling frequency; None = no CPU profile.
     pub sample_hz: Option<u64>,

@@ -232,10 +232,10 @@ fn one_uprobe_run(exe: &std::path::Path, use_bpftrace: bool) -> Result<f64> {
 }
 
 /// llama-server's own decode speed (`timings.predicted_per_second` in its last stream event)
-/// with and without `--profile llama.cpp` attached, alternating.
+/// with and without `--stage-set llama.cpp` attached, alternating.
 pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
     use std::io::{Read as _, Write as _};
-    step("bench: llama-server tokens/s with --profile llama.cpp attached vs not (alternating)");
+    step("bench: llama-server tokens/s with --stage-set llama.cpp attached vs not (alternating)");
     let l = crate::llama::ensure(root)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let server = Command::new(&l.server)
@@ -269,7 +269,7 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
-            let agent = if attached { Some(start_agent(server.0.id(), &["--profile", "llama.cpp"])?) } else { None };
+            let agent = if attached { Some(start_agent(server.0.id(), &["--stage-set", "llama.cpp"])?) } else { None };
             let rates: Vec<f64> = (0..3).map(|k| chat(i * 10 + k)).collect::<Result<_>>()?;
             let m = mean(&rates);
             eprintln!("  {:<10} {m:>7.1} tokens/s", if attached { "attached" } else { "baseline" });

@@ -205,7 +205,7 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
     // Loading (verifying) the stage programs takes a while: do it now, not at the first exec.
-    if daemon.cfg.rules.iter().any(|r| !r.profile.is_empty()) {
+    if daemon.cfg.rules.iter().any(|r| !r.stage_set.is_empty()) {
         daemon.ingest.probes.load_stage_programs()?;
     }
     daemon.ingest.enable_stages()?;

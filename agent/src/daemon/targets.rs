@@ -96,12 +96,12 @@ impl Targets {
         let labels = labels.of(rule, &cg);
         metrics.target_alive(&labels);
         let mut target = Target { id, rule: ri, cgroup: cg, labels, stages: None };
-        if !rule.profile.is_empty() {
-            match crate::stages::profile::load_profile(&rule.profile) {
+        if !rule.stage_set.is_empty() {
+            match crate::stages::stage_set::load_stage_set(&rule.stage_set) {
                 Ok(defs) => target.stages = Some(pool.start(pid, defs, &mut ingest.probes, &metrics.attach_errors)),
                 Err(e) => {
                     metrics.attach_errors.inc();
-                    log::warn!("pid {pid}: profile {}: {e}", rule.profile);
+                    log::warn!("pid {pid}: stage set {}: {e}", rule.stage_set);
                 }
             }
         }
