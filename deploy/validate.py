@@ -76,6 +76,8 @@ OPTIONAL_KEYS = {
     "capture",
     "metrics_bearer_token_file",
 }
+# Old rule keys the agent still accepts (deprecated) → their names now.
+DEPRECATED_RULE_KEYS = {"profile": "stage_set"}
 KUBERNETES_MODES = {"auto", "on", "off"}
 CAPTURE_MODES = {"auto", "socket", "syscalls"}
 RULE_KEYS = {
@@ -85,7 +87,7 @@ RULE_KEYS = {
     "cmdline": list,
     "ports": list,
     "pod_labels": dict,
-    "profile": str,
+    "stage_set": str,
     "service": str,
 }
 
@@ -184,12 +186,17 @@ def check_config() -> bytes:
     names = set()
     for i, r in enumerate(rules):
         label = f"rule[{i}] {r.get('name', '?')!r}"
+        keys = set()
         for k, v in r.items():
-            if k not in RULE_KEYS:
+            new = DEPRECATED_RULE_KEYS.get(k, k)
+            if new not in RULE_KEYS:
                 problems.append(f"{label}: unknown key {k!r}")
-            elif not isinstance(v, RULE_KEYS[k]):
-                problems.append(f"{label}: {k} must be {RULE_KEYS[k].__name__}")
-        missing = set(RULE_KEYS) - set(r)
+            elif new in keys:
+                problems.append(f"{label}: {new} given twice (once as {k!r}, its deprecated name)")
+            elif not isinstance(v, RULE_KEYS[new]):
+                problems.append(f"{label}: {k} must be {RULE_KEYS[new].__name__}")
+            keys.add(new)
+        missing = set(RULE_KEYS) - keys
         if missing:
             problems.append(f"{label}: missing {sorted(missing)}")
         for k in ("comm", "exe", "cmdline"):

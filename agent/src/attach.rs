@@ -27,7 +27,7 @@ pub struct AttachOptions {
     pub poll_interval: Duration,
     /// Print the live one-line status to stderr.
     pub status: bool,
-    /// Functions to time (from `--stage` and `--profile`).
+    /// Functions to time (from `--stage` and `--stage-set`).
     pub stages: Vec<StageDef>,
     /// CPU sampling frequency; None = no CPU profile.
     pub sample_hz: Option<u64>,
@@ -277,19 +277,15 @@ impl Run {
     fn rescan(&mut self) {
         self.follow_new_workers();
         let probes = &self.ingest.probes;
-        let reads = [
-            (self.opts.sample_hz.is_some(), "CPU samples", SocketProbesRead::Samples),
-            (self.opts.offcpu, "off-CPU time", SocketProbesRead::OffCpu),
-        ];
-        for (_, what, which) in reads.into_iter().filter(|r| r.0) {
-            let read = match which {
-                SocketProbesRead::Samples => probes.read_samples(),
-                SocketProbesRead::OffCpu => probes.read_offcpu(),
-            };
-            match read {
-                Ok(raw) => crate::profile::symbolize_new(&raw, &mut self.symbolizer, &mut self.user_frames),
-                Err(e) => log::warn!("reading {what}: {e}"),
-            }
+        let mut symbolize = |what: &str, read: Result<crate::profile::RawProfile, crate::bpf::ProbeError>| match read {
+            Ok(raw) => crate::profile::symbolize_new(&raw, &mut self.symbolizer, &mut self.user_frames),
+            Err(e) => log::warn!("reading {what}: {e}"),
+        };
+        if self.opts.sample_hz.is_some() {
+            symbolize("CPU samples", probes.read_samples());
+        }
+        if self.opts.offcpu {
+            symbolize("off-CPU time", probes.read_offcpu());
         }
         if let Some(r) = &mut self.resolver {
             match r.scan(false) {
@@ -418,11 +414,6 @@ impl Run {
 }
 
 /// Which in-kernel counts a rescan reads.
-enum SocketProbesRead {
-    Samples,
-    OffCpu,
-}
-
 fn attach_stages(ingest: &mut Ingest, defs: &[StageDef], found: &[stages::Attachment], pid: u32) -> anyhow::Result<()> {
     for a in found {
         ingest.probes.attach_stage(a.stage, &a.open_path, a.file_offset, pid, true)?;

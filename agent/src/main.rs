@@ -58,6 +58,9 @@ enum Command {
         #[arg(long = "stage", value_name = "NAME=SPEC")]
         stages: Vec<String>,
         /// A named stage set (built in: llama.cpp, cuda) or a path to a .stages file. Repeatable.
+        #[arg(long = "stage-set", value_name = "NAME|FILE")]
+        stage_sets: Vec<String>,
+        /// Deprecated: the old name of --stage-set.
         #[arg(long = "profile", value_name = "NAME|FILE")]
         profiles: Vec<String>,
         /// Sample the CPU and write a flamegraph SVG here (plus FILE.prefill.svg, FILE.decode.svg, FILE.idle.svg).
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             waterfall_rows,
             quiet,
             stages,
+            stage_sets,
             profiles,
             flamegraph,
             folded,
@@ -164,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ring_bytes: ring_buffer_bytes,
                 max_requests,
                 status: !quiet,
-                stages: inferscope::stages::collect(&profiles, &stages)?,
+                stages: inferscope::stages::collect(&stage_sets, &profiles, &stages)?,
                 sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),
                 offcpu: off_cpu,
                 gpu: (gpu_hz > 0.0).then(|| inferscope::gpu::GpuOptions {
@@ -228,4 +232,17 @@ fn check_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
 
 fn terminal_width() -> usize {
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_sets_by_their_flag_and_its_deprecated_name() {
+        let cli = Cli::try_parse_from(["inferscope", "attach", "--pid", "1", "--stage-set", "cuda", "--profile", "x"]);
+        let Command::Attach { stage_sets, profiles, .. } = cli.unwrap().command else { panic!("attach") };
+        assert_eq!((stage_sets, profiles), (vec!["cuda".to_string()], vec!["x".to_string()]));
+    }
 }

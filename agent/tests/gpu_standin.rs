@@ -271,7 +271,7 @@ fn cudart_standin_exports_the_cuda_profile_and_works() {
         unsafe { libc::dlsym(h, c.as_ptr()) }
     };
 
-    let profile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/cuda.stages"))
+    let profile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("stage-sets/cuda.stages"))
         .expect("cuda profile");
     let probed: Vec<&str> = profile
         .lines()

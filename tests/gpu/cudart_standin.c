@@ -1,7 +1,7 @@
 /*
  * STAND-IN for NVIDIA's CUDA runtime, libcudart.so.12, for tests on machines without a GPU.
  *
- * This is NOT CUDA. It exports the CUDA runtime functions that agent/profiles/cuda.stages probes
+ * This is NOT CUDA. It exports the CUDA runtime functions that agent/stage-sets/cuda.stages probes
  * (and a few a test server needs around them), with the real names and C signatures, so that
  * inferscope's `cuda` profile can be exercised end to end: a test server dlopen's this library
  * after the agent attached, calls these functions, and the uprobes fire on them.
@@ -100,7 +100,7 @@ static cudaError_t fail(cudaError_t e) {
     return e;
 }
 
-/* ---- the functions agent/profiles/cuda.stages probes ---- */
+/* ---- the functions agent/stage-sets/cuda.stages probes ---- */
 
 EXPORT cudaError_t cudaLaunchKernel(const void *func, dim3 gridDim, dim3 blockDim, void **args,
                                     size_t sharedMem, cudaStream_t stream) {

@@ -22,7 +22,7 @@ One request at a time owns the script (a lock): the test sends them one after an
 
 Truth (one JSON line per request, see tests/servers/README.md): request_ns (recv of the last
 request byte), first_token_ns / end_ns (before the write), the number of calls of each CUDA
-function made for the request, keyed by the stage names of agent/profiles/cuda.stages, the time
+function made for the request, keyed by the stage names of agent/stage-sets/cuda.stages, the time
 spent inside the synchronising calls as seen from Python (ctypes overhead included), and the
 GPU script: utilization set at each phase change with its CLOCK_MONOTONIC time.
 """

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::measure::{cpu_ns, mean, mean_sd, rss_hwm_kib};
 use crate::{step, KillOnDrop};
 
 struct Level {
@@ -36,28 +37,6 @@ struct Sample {
     server_cpu_ns_per_event: f64,
     agent_cpu_share: f64,
     agent_rss_kib: u64,
-}
-
-fn clk_tck() -> f64 {
-    100.0 // USER_HZ on Linux
-}
-
-/// utime + stime of a process, ns.
-pub(crate) fn cpu_ns(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / clk_tck() * 1e9)
-}
-
-pub(crate) fn rss_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn one_run(level: &Level, with_agent: bool) -> Result<Sample> {
@@ -117,10 +96,6 @@ fn start_agent(pid: u32, args: &[&str]) -> Result<KillOnDrop> {
     }
     std::thread::spawn(move || for _ in reader.lines() {});
     Ok(a)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
 }
 
 pub fn overhead(rounds: usize) -> Result<()> {
@@ -257,10 +232,10 @@ fn one_uprobe_run(exe: &std::path::Path, use_bpftrace: bool) -> Result<f64> {
 }
 
 /// llama-server's own decode speed (`timings.predicted_per_second` in its last stream event)
-/// with and without `--profile llama.cpp` attached, alternating.
+/// with and without `--stage-set llama.cpp` attached, alternating.
 pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
     use std::io::{Read as _, Write as _};
-    step("bench: llama-server tokens/s with --profile llama.cpp attached vs not (alternating)");
+    step("bench: llama-server tokens/s with --stage-set llama.cpp attached vs not (alternating)");
     let l = crate::llama::ensure(root)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let server = Command::new(&l.server)
@@ -294,7 +269,7 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         for attached in if i % 2 == 0 { [false, true] } else { [true, false] } {
-            let agent = if attached { Some(start_agent(server.0.id(), &["--profile", "llama.cpp"])?) } else { None };
+            let agent = if attached { Some(start_agent(server.0.id(), &["--stage-set", "llama.cpp"])?) } else { None };
             let rates: Vec<f64> = (0..3).map(|k| chat(i * 10 + k)).collect::<Result<_>>()?;
             let m = mean(&rates);
             eprintln!("  {:<10} {m:>7.1} tokens/s", if attached { "attached" } else { "baseline" });
@@ -312,47 +287,6 @@ pub fn llama_overhead(root: &std::path::Path, rounds: usize) -> Result<()> {
         a / b,
         (a / b - 1.0) * 100.0
     );
-    Ok(())
-}
-
-/// Bench steps `cargo xtask bench --only STEP[,STEP…]` can pick; all of them by default.
-pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "capture", "criterion"];
-
-/// Runs the selected steps (all when `only` is empty), in the order of [`STEPS`].
-pub fn run_selected(root: &std::path::Path, rounds: usize, only: &[String]) -> Result<()> {
-    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    if want("stream") {
-        overhead(rounds)?;
-    }
-    if want("uprobe") {
-        uprobe_cost(rounds)?;
-    }
-    if want("llama") {
-        llama_overhead(root, rounds)?;
-    }
-    if want("cpu") {
-        cpu_sampling_overhead(rounds)?;
-    }
-    if want("daemon") {
-        crate::daemon_bench::run(rounds)?;
-    }
-    if want("capture") {
-        crate::capture_bench::run(rounds)?;
-    }
-    if want("criterion") {
-        step("bench: criterion (decode throughput, symbolization throughput, flamegraph rendering)");
-        crate::run(Command::new("cargo").args([
-            "bench",
-            "-p",
-            "inferscope",
-            "--bench",
-            "decode",
-            "--bench",
-            "symbolize",
-            "--bench",
-            "flamegraph",
-        ]))?;
-    }
     Ok(())
 }
 
@@ -543,13 +477,6 @@ fn spin_window(
     }
     std::thread::sleep(Duration::from_millis(300));
     Ok(w)
-}
-
-/// (mean, sample standard deviation)
-fn mean_sd(v: &[f64]) -> (f64, f64) {
-    let m = mean(v);
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
-    (m, var.sqrt())
 }
 
 /// Sampling overhead (issue 4): iterations/s of a CPU-bound target in windows alternating with

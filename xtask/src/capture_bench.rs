@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::bench::cpu_ns;
+use crate::measure::{cpu_ns, median};
 use crate::{step, KillOnDrop};
 
 /// Keep-alive connections of the flood client.
@@ -53,20 +53,6 @@ const GOAL_FLOOD: f64 = 0.95;
 
 fn agent_bin() -> PathBuf {
     std::env::var_os("INFERSCOPE_BIN").map_or_else(|| PathBuf::from("target/release/inferscope"), PathBuf::from)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 /// `taskset -c CPU PROGRAM`, or PROGRAM alone on a one-CPU machine.

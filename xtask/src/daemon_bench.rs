@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{cpu_ns, rss_hwm_kib};
+use crate::measure::{cpu_ns, rss_hwm_kib};
 use crate::{step, KillOnDrop};
 
 const TARGETS: usize = 20;

@@ -15,6 +15,7 @@ mod bench;
 mod capture_bench;
 mod daemon_bench;
 mod llama;
+mod measure;
 
 #[derive(Parser)]
 struct Cli {
@@ -42,7 +43,7 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Run only these steps (comma-separated or repeated), e.g. `--only cpu`.
-        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::STEPS))]
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(STEPS))]
         only: Vec<String>,
         /// Measure the binaries already built (e.g. an older agent through INFERSCOPE_BIN for the
         /// capture step): skip setup and build.
@@ -87,7 +88,7 @@ fn main() -> Result<()> {
                 setup()?;
                 build()?;
             }
-            bench::run_selected(&root, rounds, &only)
+            run_selected(&root, rounds, &only)
         }
         Cmd::Demo { requests, json } => {
             setup()?;
@@ -95,6 +96,47 @@ fn main() -> Result<()> {
             demo(requests, &json)
         }
     }
+}
+
+/// Bench steps `cargo xtask bench --only STEP[,STEP…]` can pick; all of them by default.
+pub const STEPS: &[&str] = &["stream", "uprobe", "llama", "cpu", "daemon", "capture", "criterion"];
+
+/// Runs the selected steps (all when `only` is empty), in the order of [`STEPS`].
+pub fn run_selected(root: &Path, rounds: usize, only: &[String]) -> Result<()> {
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    if want("stream") {
+        bench::overhead(rounds)?;
+    }
+    if want("uprobe") {
+        bench::uprobe_cost(rounds)?;
+    }
+    if want("llama") {
+        bench::llama_overhead(root, rounds)?;
+    }
+    if want("cpu") {
+        bench::cpu_sampling_overhead(rounds)?;
+    }
+    if want("daemon") {
+        daemon_bench::run(rounds)?;
+    }
+    if want("capture") {
+        capture_bench::run(rounds)?;
+    }
+    if want("criterion") {
+        step("bench: criterion (decode throughput, symbolization throughput, flamegraph rendering)");
+        run(Command::new("cargo").args([
+            "bench",
+            "-p",
+            "inferscope",
+            "--bench",
+            "decode",
+            "--bench",
+            "symbolize",
+            "--bench",
+            "flamegraph",
+        ]))?;
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

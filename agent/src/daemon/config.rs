@@ -90,8 +90,10 @@ pub struct Rule {
     pub ports: Vec<u16>,
     /// Kubernetes pod labels that must all be equal.
     pub pod_labels: std::collections::BTreeMap<String, String>,
-    /// Stage profile (`llama.cpp`, `cuda`, or a .stages file); empty = stream timing only.
-    pub profile: String,
+    /// Stage set (`llama.cpp`, `cuda`, or a .stages file); empty = stream timing only. `profile`,
+    /// its old name, is accepted (deprecated).
+    #[serde(alias = "profile")]
+    pub stage_set: String,
     /// The `service` label; empty = the pod's app label, else the rule's name.
     pub service: String,
 }
@@ -158,8 +160,8 @@ impl Config {
                     r.name
                 )));
             }
-            if !r.profile.is_empty() {
-                crate::stages::profile::load_profile(&r.profile)
+            if !r.stage_set.is_empty() {
+                crate::stages::stage_set::load_stage_set(&r.stage_set)
                     .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
             }
         }
@@ -215,6 +217,16 @@ pod_labels = { app = "tgi" }
         assert_eq!((c.kubernetes, c.kubernetes_max_pods), (KubernetesMode::Auto, 1024));
         let c = Config::parse(Path::new("t.toml"), &format!("kubernetes = \"off\"\nkubernetes_max_pods = 8\n{TEXT}"));
         assert_eq!(c.map(|c| (c.kubernetes, c.kubernetes_max_pods)).unwrap(), (KubernetesMode::Off, 8));
+    }
+
+    #[test]
+    fn stage_set_and_its_deprecated_name_profile() {
+        let rule =
+            |kv: &str| Config::parse(Path::new("c.toml"), &format!("[[rule]]\nname = \"x\"\ncomm=[\"a\"]\n{kv}\n"));
+        assert_eq!(rule("stage_set = \"cuda\"").unwrap().rules[0].stage_set, "cuda");
+        assert_eq!(rule("profile = \"cuda\"").unwrap().rules[0].stage_set, "cuda", "the old name still works");
+        let e = rule("stage_set = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("rule `x`") && e.contains("unknown stage set `nope`"), "{e}");
     }
 
     #[test]

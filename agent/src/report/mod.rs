@@ -73,7 +73,7 @@ pub struct RequestJson {
     pub partial: Option<&'static str>,
 }
 
-/// Stage results of a run with `--stage`/`--profile`.
+/// Stage results of a run with `--stage`/`--stage-set`.
 #[derive(Debug, Clone)]
 pub struct StageReport {
     pub summaries: Vec<StageSummary>,

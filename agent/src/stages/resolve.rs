@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use super::profile::StageDef;
+use super::stage_set::StageDef;
 use crate::symbols::{self, ElfSymbols, Module, SymbolError};
 
 /// Most functions one glob may attach to; more is almost always a mistake (and costs probes).

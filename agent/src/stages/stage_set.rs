@@ -1,5 +1,5 @@
-//! Stage definitions: `--stage NAME=SPEC` and named profiles kept as data files
-//! (`agent/profiles/*.stages`), not in code.
+//! Stage definitions: `--stage NAME=SPEC` and stage sets, named lists of them kept as data files
+//! (`agent/stage-sets/*.stages`), not in code.
 
 use std::path::Path;
 
@@ -17,22 +17,23 @@ pub struct StageDef {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
+pub enum StageSetError {
     #[error("--stage wants NAME=SPEC (e.g. decode=libllama.so:llama_decode), got `{0}`")]
     BadStageArg(String),
-    #[error("unknown profile `{name}`: built-in profiles are {}; or give a path to a .stages file", BUILTIN.iter().map(|b| b.0).collect::<Vec<_>>().join(", "))]
-    UnknownProfile { name: String },
+    /// `word`: what the user called it (`stage set`, or `profile` through the deprecated flag).
+    #[error("unknown {word} `{name}`: built-in stage sets are {}; or give a path to a .stages file", BUILTIN.iter().map(|b| b.0).collect::<Vec<_>>().join(", "))]
+    UnknownStageSet { name: String, word: &'static str },
     #[error("{source_name}:{line}: {reason}")]
     BadLine { source_name: String, line: usize, reason: String },
-    #[error("cannot read profile {path}: {source}")]
+    #[error("cannot read stage set {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("stage name `{0}` is used twice")]
     Duplicate(String),
 }
 
 const BUILTIN: &[(&str, &str)] = &[
-    ("llama.cpp", include_str!("../../profiles/llama.cpp.stages")),
-    ("cuda", include_str!("../../profiles/cuda.stages")),
+    ("llama.cpp", include_str!("../../stage-sets/llama.cpp.stages")),
+    ("cuda", include_str!("../../stage-sets/cuda.stages")),
 ];
 
 /// Splits `LIB:SYMBOL` from a plain symbol. A C++ `::` is not a separator; the part before the
@@ -62,26 +63,26 @@ fn def(name: &str, spec: &str, prefill_name: Option<String>) -> StageDef {
     StageDef { name: name.to_string(), spec: spec.to_string(), library, symbol, prefill_name }
 }
 
-pub fn parse_stage_arg(arg: &str) -> Result<StageDef, ProfileError> {
-    let (name, spec) = arg.split_once('=').ok_or_else(|| ProfileError::BadStageArg(arg.into()))?;
+pub fn parse_stage_arg(arg: &str) -> Result<StageDef, StageSetError> {
+    let (name, spec) = arg.split_once('=').ok_or_else(|| StageSetError::BadStageArg(arg.into()))?;
     let (name, spec) = (name.trim(), spec.trim());
     if name.is_empty()
         || spec.is_empty()
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
     {
-        return Err(ProfileError::BadStageArg(arg.into()));
+        return Err(StageSetError::BadStageArg(arg.into()));
     }
     Ok(def(name, spec, None))
 }
 
-pub fn parse_profile(source_name: &str, text: &str) -> Result<Vec<StageDef>, ProfileError> {
+pub fn parse_stage_set(source_name: &str, text: &str) -> Result<Vec<StageDef>, StageSetError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        let bad = |reason: &str| ProfileError::BadLine {
+        let bad = |reason: &str| StageSetError::BadLine {
             source_name: source_name.into(),
             line: i + 1,
             reason: reason.into(),
@@ -101,24 +102,35 @@ pub fn parse_profile(source_name: &str, text: &str) -> Result<Vec<StageDef>, Pro
     Ok(out)
 }
 
-/// A built-in profile by name, or a profile file by path.
-pub fn load_profile(name_or_path: &str) -> Result<Vec<StageDef>, ProfileError> {
+/// A built-in stage set by name, or a stage set file by path.
+pub fn load_stage_set(name_or_path: &str) -> Result<Vec<StageDef>, StageSetError> {
     if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-        return parse_profile(name_or_path, text);
+        return parse_stage_set(name_or_path, text);
     }
     if Path::new(name_or_path).exists() {
         let text = std::fs::read_to_string(name_or_path)
-            .map_err(|source| ProfileError::Io { path: name_or_path.into(), source })?;
-        return parse_profile(name_or_path, &text);
+            .map_err(|source| StageSetError::Io { path: name_or_path.into(), source })?;
+        return parse_stage_set(name_or_path, &text);
     }
-    Err(ProfileError::UnknownProfile { name: name_or_path.into() })
+    Err(StageSetError::UnknownStageSet { name: name_or_path.into(), word: "stage set" })
 }
 
-/// Profiles first, then `--stage`s; names must be unique (they key the report).
-pub fn collect(profiles: &[String], stages: &[String]) -> Result<Vec<StageDef>, ProfileError> {
+/// Stage sets first (`--stage-set`, then the deprecated `--profile`, whose errors use its word),
+/// then `--stage`s; names must be unique (they key the report).
+pub fn collect(
+    sets: &[String],
+    deprecated_profiles: &[String],
+    stages: &[String],
+) -> Result<Vec<StageDef>, StageSetError> {
     let mut defs = Vec::new();
-    for p in profiles {
-        defs.extend(load_profile(p)?);
+    for s in sets {
+        defs.extend(load_stage_set(s)?);
+    }
+    for p in deprecated_profiles {
+        defs.extend(load_stage_set(p).map_err(|e| match e {
+            StageSetError::UnknownStageSet { name, .. } => StageSetError::UnknownStageSet { name, word: "profile" },
+            e => e,
+        })?);
     }
     for s in stages {
         defs.push(parse_stage_arg(s)?);
@@ -126,7 +138,7 @@ pub fn collect(profiles: &[String], stages: &[String]) -> Result<Vec<StageDef>, 
     let mut names = std::collections::HashSet::new();
     for d in &defs {
         if !names.insert(d.name.clone()) {
-            return Err(ProfileError::Duplicate(d.name.clone()));
+            return Err(StageSetError::Duplicate(d.name.clone()));
         }
     }
     Ok(defs)
@@ -147,13 +159,21 @@ mod tests {
     }
 
     #[test]
-    fn builtin_profiles_parse() {
-        let llama = load_profile("llama.cpp").unwrap();
+    fn builtin_stage_sets_parse() {
+        let llama = load_stage_set("llama.cpp").unwrap();
         let decode = llama.iter().find(|d| d.name == "decode").unwrap();
         assert_eq!(decode.library.as_deref(), Some("libllama.so"));
         assert_eq!(decode.prefill_name.as_deref(), Some("prefill"));
-        assert!(load_profile("cuda").unwrap().iter().any(|d| d.symbol == "cudaLaunchKernel"));
-        assert!(load_profile("nope").unwrap_err().to_string().contains("llama.cpp, cuda"));
+        assert!(load_stage_set("cuda").unwrap().iter().any(|d| d.symbol == "cudaLaunchKernel"));
+        assert!(load_stage_set("nope").unwrap_err().to_string().contains("llama.cpp, cuda"));
+    }
+
+    #[test]
+    fn an_unknown_stage_set_is_named_as_the_user_did() {
+        let e = collect(&["nope".into()], &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown stage set `nope`"), "{e}");
+        let e = collect(&[], &["nope".into()], &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown profile `nope`"), "the deprecated --profile's word: {e}");
     }
 
     #[test]
@@ -161,8 +181,8 @@ mod tests {
         assert!(parse_stage_arg("decode").is_err());
         assert!(parse_stage_arg("=x").is_err());
         assert_eq!(parse_stage_arg("d=llama_decode").unwrap().symbol, "llama_decode");
-        let e = parse_profile("p", "a b c=d\n").unwrap_err().to_string();
+        let e = parse_stage_set("p", "a b c=d\n").unwrap_err().to_string();
         assert!(e.contains("p:1: unknown option"), "{e}");
-        assert!(collect(&[], &["a=x".into(), "a=y".into()]).is_err());
+        assert!(collect(&[], &[], &["a=x".into(), "a=y".into()]).is_err());
     }
 }
