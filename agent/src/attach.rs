@@ -413,7 +413,6 @@ impl Run {
     }
 }
 
-/// Which in-kernel counts a rescan reads.
 fn attach_stages(ingest: &mut Ingest, defs: &[StageDef], found: &[stages::Attachment], pid: u32) -> anyhow::Result<()> {
     for a in found {
         ingest.probes.attach_stage(a.stage, &a.open_path, a.file_offset, pid, true)?;

@@ -230,6 +230,18 @@ pod_labels = { app = "tgi" }
     }
 
     #[test]
+    fn the_shipped_rules_find_the_python_engines_by_their_command_lines() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/config.toml");
+        let c = Config::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = |comm: &str, cmdline: &str| c.rule_for(&facts(comm, cmdline, &[])).map(|r| r.name.clone());
+        let llama = name("python3", "/venv/bin/python3 -m llama_cpp.server --model m.gguf --port 8000");
+        assert_eq!(llama.as_deref(), Some("llama-cpp-python"));
+        let sglang = name("python3", "python3 -m sglang.launch_server --model-path m --port 30000");
+        assert_eq!(sglang.as_deref(), Some("sglang"));
+        assert_eq!(name("python3", "python3 app.py"), None, "any other Python process is left alone");
+    }
+
+    #[test]
     fn bad_configs_say_what_is_wrong() {
         let e = Config::parse(Path::new("c.toml"), "listen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
         assert!(e.contains("no [[rule]]"), "{e}");
