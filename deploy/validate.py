@@ -63,6 +63,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "kubernetes": str,
     "kubernetes_max_pods": int,
     "uprobe_linger_seconds": (int, float),
+    "follow_workers": bool,
     "capture": str,
     "metrics_bearer_token_file": str,
     "rule": list,
@@ -73,6 +74,7 @@ OPTIONAL_KEYS = {
     "kubernetes",
     "kubernetes_max_pods",
     "uprobe_linger_seconds",
+    "follow_workers",
     "capture",
     "metrics_bearer_token_file",
 }

@@ -97,13 +97,11 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
 /// listens on: the workers of a pre-fork server (uvicorn/gunicorn `--workers`, multiprocessing),
 /// which accept the connections their master's socket receives.
 pub fn workers_of(pid: u32) -> Vec<u32> {
-    let (rows, fds) = tcp_sockets(pid);
-    let mine: HashSet<u64> = fds.iter().map(|&(_, inode)| inode).collect();
-    let listening: HashSet<u64> =
-        rows.iter().filter(|r| r.state == 0x0A && mine.contains(&r.inode)).map(|r| r.inode).collect();
-    if listening.is_empty() {
-        return Vec::new();
-    }
+    workers_in(pid, &children())
+}
+
+/// Parent → children of every process, from one pass over /proc (for [`workers_in`]).
+pub fn children() -> std::collections::HashMap<u32, Vec<u32>> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
@@ -113,10 +111,27 @@ pub fn workers_of(pid: u32) -> Vec<u32> {
             children.entry(ppid).or_default().push(child);
         }
     }
-    let mut out = Vec::new();
+    children
+}
+
+/// [`workers_of`] with the process tree read once for many calls.
+pub fn workers_in(pid: u32, children: &std::collections::HashMap<u32, Vec<u32>>) -> Vec<u32> {
     let mut todo = children.get(&pid).cloned().unwrap_or_default();
+    if todo.is_empty() {
+        return Vec::new();
+    }
+    let (rows, fds) = tcp_sockets(pid);
+    let mine: HashSet<u64> = fds.iter().map(|&(_, inode)| inode).collect();
+    let listening: HashSet<u64> =
+        rows.iter().filter(|r| r.state == 0x0A && mine.contains(&r.inode)).map(|r| r.inode).collect();
+    if listening.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut seen = 0usize;
     while let Some(p) = todo.pop() {
-        if out.len() >= 1024 {
+        seen += 1;
+        if out.len() >= 1024 || seen > 4096 {
             break; // bounded: a fork bomb is not a server
         }
         todo.extend(children.get(&p).into_iter().flatten().copied());

@@ -341,3 +341,62 @@ fn prometheus_scrapes_and_every_dashboard_query_has_data() {
     assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
     assert!(d.stop().success());
 }
+
+/// `uvicorn --workers 2` (PyPI's uvicorn in the test venv): the master matches the rule and holds
+/// the listening socket; its spawned workers (`python -c "from multiprocessing.spawn import …"`)
+/// accept and answer. The daemon follows them under the master's rule, and every request counts.
+#[test]
+fn a_pre_fork_servers_workers_are_followed_under_its_rule() {
+    let _serial = require_root();
+    let python = std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
+        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the venv with uvicorn");
+    let dir = scratch_dir("daemon-workers");
+    let cfg = "reconcile_seconds = 2\n[[rule]]\nname = \"uvicorn-sse\"\ncmdline = [\"*uvicorn*asgi_sse:app*\"]\n";
+    let mut d = Daemon::start(&dir, cfg, &[]);
+    d.wait_ready();
+    let port = free_port();
+    let server = Term(
+        Command::new(python)
+            .args(["-m", "uvicorn", "asgi_sse:app", "--workers", "2", "--host", "127.0.0.1", "--log-level", "warning"])
+            .args(["--port", &port.to_string(), "--app-dir"])
+            .arg(workspace_root().join("tests/servers"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "uvicorn not listening in 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The master and both workers.
+    d.wait_for("master and workers followed", |m| metric(m, "inferscope_targets", &[]) == 3.0);
+    for i in 0..12 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.contains("[DONE]"), "request {i}: {body}");
+    }
+    let m =
+        d.wait_for("12 requests", |m| metric(m, "inferscope_requests_total", &[("service", "uvicorn-sse")]) == 12.0);
+    assert_eq!(metric(&m, "inferscope_stream_chunks_total", &[("service", "uvicorn-sse")]), 48.0, "4 tokens each");
+    let log = d.drain();
+    assert!(log.iter().filter(|l| l.contains("[worker of a followed process]")).count() >= 2, "{log:?}");
+    drop(server);
+}
+
+/// A server stopped with SIGTERM when dropped, also when the test fails (uvicorn stops its
+/// workers before it exits; SIGKILL would leave them running).
+struct Term(Child);
+impl Drop for Term {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}

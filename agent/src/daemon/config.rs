@@ -29,6 +29,10 @@ pub struct Config {
     pub series_grace_seconds: f64,
     /// A uprobe no followed process uses any more is kept this long (restarts reuse it).
     pub uprobe_linger_seconds: f64,
+    /// Also follow the descendants of a followed process that serve its listening sockets
+    /// (pre-fork servers: uvicorn/gunicorn `--workers`, where the master listens and its workers
+    /// accept), under the master's rule.
+    pub follow_workers: bool,
     /// Pod name, namespace and labels from the Kubernetes API (the pods of this node).
     pub kubernetes: KubernetesMode,
     /// Pods kept in the agent's map of this node's pods; more are counted, not kept.
@@ -53,6 +57,7 @@ impl Default for Config {
             nvml_library: None,
             series_grace_seconds: 120.0,
             uprobe_linger_seconds: 60.0,
+            follow_workers: true,
             kubernetes: KubernetesMode::Auto,
             // kubelet's default is 110 pods a node; large nodes allow a few hundred.
             kubernetes_max_pods: 1024,

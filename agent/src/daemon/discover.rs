@@ -129,6 +129,13 @@ impl Discovery {
     }
 }
 
+/// A worker of a followed pre-fork server, followed by its master's rule `rule` (its own command
+/// line is often no rule's: `python -c "from multiprocessing.spawn import spawn_main…"`).
+pub fn worker(pid: u32, rule: usize) -> Option<Match> {
+    let (id, facts) = (ProcessId::of(pid)?, facts(pid)?);
+    Some(Match { id, rule, facts, cgroup: cgroup::of_process(pid), why: "worker of a followed process" })
+}
+
 /// A process, not just a PID: the kernel reuses PIDs, never (PID, start time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessId {

@@ -155,12 +155,36 @@ impl Daemon {
         for pid in self.targets.gone() {
             self.detach(pid, "gone");
         }
+        if self.cfg.follow_workers {
+            self.follow_workers();
+        }
         self.targets.scan_stages(&mut self.ingest, &mut self.uprobes, &self.metrics);
         let linger = Duration::from_secs_f64(self.cfg.uprobe_linger_seconds);
         self.uprobes.expire(now, linger, &mut self.ingest.probes);
         self.health.update(&self.ingest, &self.targets, self.labels.pods(), &mut self.metrics);
         self.health.update_gpu(&self.targets, &mut self.metrics);
         self.metrics.sweep(now, Duration::from_secs_f64(self.cfg.series_grace_seconds));
+    }
+
+    /// Pre-fork servers: the processes below a followed one that serve its listening sockets
+    /// (they accept what it listens for) are followed too, under its rule. The process tree is
+    /// read once per pass.
+    fn follow_workers(&mut self) {
+        let masters = self.targets.masters();
+        if masters.is_empty() {
+            return;
+        }
+        let tree = crate::procfs::children();
+        for (master, rule) in masters {
+            for w in crate::procfs::workers_in(master, &tree) {
+                if self.targets.contains(w) {
+                    continue;
+                }
+                let Some(m) = discover::worker(w, rule) else { continue };
+                self.follow(m);
+                self.targets.mark_worker(w, master);
+            }
+        }
     }
 
     /// One poll: exec/exit records first (a new target's records are already on the data rings),

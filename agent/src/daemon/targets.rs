@@ -25,6 +25,8 @@ pub struct Target {
     pub labels: TargetLabels,
     /// Its stage set, when its rule names one that loaded.
     stages: Option<TargetStages>,
+    /// The followed process whose listening socket it serves (a pre-fork worker), if any.
+    pub worker_of: Option<u32>,
 }
 
 pub struct Targets {
@@ -56,6 +58,18 @@ impl Targets {
 
     pub fn pids(&self) -> Vec<u32> {
         self.by_pid.keys().copied().collect()
+    }
+
+    /// Followed processes that are not workers of another: (pid, rule index).
+    pub fn masters(&self) -> Vec<(u32, usize)> {
+        self.by_pid.iter().filter(|(_, t)| t.worker_of.is_none()).map(|(p, t)| (*p, t.rule)).collect()
+    }
+
+    /// Marks a followed process as a worker of `master`.
+    pub fn mark_worker(&mut self, pid: u32, master: u32) {
+        if let Some(t) = self.by_pid.get_mut(&pid) {
+            t.worker_of = Some(master);
+        }
     }
 
     /// Targets that are not the process they were (exited, or the PID was reused).
@@ -95,7 +109,7 @@ impl Targets {
         };
         let labels = labels.of(rule, &cg);
         metrics.target_alive(&labels);
-        let mut target = Target { id, rule: ri, cgroup: cg, labels, stages: None };
+        let mut target = Target { id, rule: ri, cgroup: cg, labels, stages: None, worker_of: None };
         if !rule.stage_set.is_empty() {
             match crate::stages::stage_set::load_stage_set(&rule.stage_set) {
                 Ok(defs) => target.stages = Some(pool.start(pid, defs, &mut ingest.probes, &metrics.attach_errors)),
