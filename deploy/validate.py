@@ -64,6 +64,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "kubernetes_max_pods": int,
     "uprobe_linger_seconds": (int, float),
     "follow_workers": bool,
+    "stream_idle_timeout_seconds": (int, float),
     "capture": str,
     "metrics_bearer_token_file": str,
     "rule": list,
@@ -75,6 +76,7 @@ OPTIONAL_KEYS = {
     "kubernetes_max_pods",
     "uprobe_linger_seconds",
     "follow_workers",
+    "stream_idle_timeout_seconds",
     "capture",
     "metrics_bearer_token_file",
 }

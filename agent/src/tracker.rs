@@ -26,6 +26,9 @@ pub struct EventCounters {
     pub no_payload: u64,
     /// Connections not followed because `MAX_CONNECTIONS` were already open.
     pub connections_dropped: u64,
+    /// Connections with a request in flight that saw no event for the idle timeout (their close
+    /// record was lost, or the peer vanished): ended, their streams reported partial.
+    pub idle_expired: u64,
 }
 
 /// A finished exchange and the process it belongs to.
@@ -120,6 +123,7 @@ impl Tracker {
                 }
                 let Some(conn) = self.conns.get_mut(&key) else { return };
                 conn.current_tid = ev.tid;
+                conn.last_ns = ev.ts_ns;
                 if is_read {
                     conn.on_read(ev.ts_ns, ev.data, ev.len);
                 } else {
@@ -142,6 +146,29 @@ impl Tracker {
                 add(&mut self.closed, &c.counters);
             }
         }
+    }
+
+    /// Ends connections that have a request in flight but saw no read or write for `idle_ns`
+    /// before `now_ns`: their end was not seen (a lost close record, a peer that vanished), so
+    /// their streams come out as partial records instead of staying open forever. A later event
+    /// on such a connection starts a fresh parser that waits for the next request head.
+    pub fn expire_idle(&mut self, now_ns: u64, idle_ns: u64, out: &mut Vec<Finished>) -> usize {
+        let idle: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.in_flight() > 0 && c.last_ns > 0 && now_ns.saturating_sub(c.last_ns) > idle_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &idle {
+            if let Some(mut c) = self.conns.remove(k) {
+                let mut records = Vec::new();
+                c.end("no event for the idle timeout: the stream's end was not seen", &mut records);
+                out.extend(records.into_iter().map(|record| Finished { tgid: k.0, record }));
+                add(&mut self.closed, &c.counters);
+            }
+        }
+        self.events.idle_expired += idle.len() as u64;
+        idle.len()
     }
 
     /// Ends every connection (the run is over): streams still in flight come out as partial.
@@ -204,4 +231,39 @@ fn add(total: &mut ParseCounters, c: &ParseCounters) {
     total.upgraded += c.upgraded;
     total.partial += c.partial;
     total.completed_at_close += c.completed_at_close;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, ts_ns: u64, data: &[u8]) -> Event<'_> {
+        Event { kind, ts_ns, tgid: 7, tid: 7, conn: 1, len: data.len() as u64, no_payload: false, data }
+    }
+
+    #[test]
+    fn a_stream_whose_end_is_never_seen_ends_partial_after_the_idle_timeout() {
+        let mut t = Tracker::new();
+        let mut out = Vec::new();
+        t.handle_event(&ev(EventKind::Accept, 1_000, b""), &mut out);
+        t.handle_event(&ev(EventKind::Read, 2_000, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        t.handle_event(&ev(EventKind::Write, 3_000, head), &mut out);
+        let token = b"2f\r\ndata: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\r\n";
+        t.handle_event(&ev(EventKind::Write, 4_000, token), &mut out);
+        // An idle keep-alive connection without a request in flight is left alone; this one is
+        // not idle long enough yet.
+        assert_eq!(t.expire_idle(5_000, 10_000, &mut out), 0);
+        assert!(out.is_empty() && t.in_flight() == 1);
+        assert_eq!(t.expire_idle(20_000, 10_000, &mut out), 1);
+        assert_eq!(out.len(), 1, "the stream is reported, not dropped");
+        let r = &out[0].record;
+        assert!(r.partial.is_some_and(|p| p.contains("idle timeout")), "{r:?}");
+        assert_eq!((r.first_token_ns, r.content_write_ns.len()), (Some(4_000), 1), "with what was measured");
+        assert_eq!((t.connections(), t.events.idle_expired), (0, 1));
+        // A later event on it resynchronises instead of being lost or misparsed.
+        t.handle_event(&ev(EventKind::Write, 30_000, b"0\r\n\r\n"), &mut out);
+        assert_eq!(out.len(), 1);
+    }
 }

@@ -400,3 +400,30 @@ impl Drop for Term {
         let _ = self.0.wait();
     }
 }
+
+/// A stream whose end the daemon never sees (here: a server that stalls longer than the idle
+/// timeout) is ended after `stream_idle_timeout_seconds` and counted, with its first token,
+/// instead of staying open forever.
+#[test]
+fn a_stream_without_an_end_is_counted_partial_after_the_idle_timeout() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-idle");
+    let cfg = "stream_idle_timeout_seconds = 1\n[[rule]]\nname = \"py-sse\"\ncmdline = [\"*sse_server.py*\"]\n";
+    let mut d = Daemon::start(&dir, cfg, &[]);
+    d.wait_ready();
+    let before = metric(&d.metrics(), "inferscope_targets", &[]);
+    let (_py, port) = python_server(&dir, 1);
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) == before + 1.0);
+    // Two tokens 6 s apart: the stream is silent for longer than the timeout after its first.
+    let client = std::thread::spawn(move || load(port, 1, "tokens=2&interval_ms=6000&prefill_ms=5", "stall-"));
+    let m = d.wait_for_within("ended by the idle timeout", Duration::from_secs(5), |m| {
+        metric(m, "inferscope_parse_errors_total", &[("kind", "idle_timeout")]) == 1.0
+    });
+    assert_eq!(metric(&m, "inferscope_requests_total", &[("service", "py-sse")]), 1.0, "reported, not lost");
+    assert_eq!(
+        metric(&m, "inferscope_time_to_first_token_seconds_count", &[("service", "py-sse")]),
+        1.0,
+        "with what was measured"
+    );
+    client.join().unwrap();
+}

@@ -33,6 +33,9 @@ pub struct Config {
     /// (pre-fork servers: uvicorn/gunicorn `--workers`, where the master listens and its workers
     /// accept), under the master's rule.
     pub follow_workers: bool,
+    /// A stream with no read or write for this long is ended and counted as partial (its close
+    /// was lost or its peer vanished); `inferscope_parse_errors_total{kind="idle_timeout"}`.
+    pub stream_idle_timeout_seconds: f64,
     /// Pod name, namespace and labels from the Kubernetes API (the pods of this node).
     pub kubernetes: KubernetesMode,
     /// Pods kept in the agent's map of this node's pods; more are counted, not kept.
@@ -58,6 +61,7 @@ impl Default for Config {
             series_grace_seconds: 120.0,
             uprobe_linger_seconds: 60.0,
             follow_workers: true,
+            stream_idle_timeout_seconds: 300.0,
             kubernetes: KubernetesMode::Auto,
             // kubelet's default is 110 pods a node; large nodes allow a few hundred.
             kubernetes_max_pods: 1024,
@@ -170,10 +174,15 @@ impl Config {
                     .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
             }
         }
-        if !(cfg.reconcile_seconds > 0.0) || cfg.max_series == 0 || cfg.max_targets == 0 || cfg.kubernetes_max_pods == 0
+        if !(cfg.reconcile_seconds > 0.0)
+            || !(cfg.stream_idle_timeout_seconds > 0.0)
+            || cfg.max_series == 0
+            || cfg.max_targets == 0
+            || cfg.kubernetes_max_pods == 0
         {
             return Err(invalid(
-                "reconcile_seconds, max_series, max_targets and kubernetes_max_pods must be positive".into(),
+                "reconcile_seconds, stream_idle_timeout_seconds, max_series, max_targets and kubernetes_max_pods must be positive"
+                    .into(),
             ));
         }
         Ok(cfg)

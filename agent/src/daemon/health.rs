@@ -72,6 +72,7 @@ impl Health {
             ("partial", p.partial),
             ("decode_error", ingest.tracker.events.decode_errors),
             ("connections_dropped", ingest.tracker.events.connections_dropped),
+            ("idle_timeout", ingest.tracker.events.idle_expired),
         ];
         for (kind, now) in parse {
             let before = self.last_parse.insert(kind, now).unwrap_or(0);

@@ -158,6 +158,8 @@ impl Daemon {
         if self.cfg.follow_workers {
             self.follow_workers();
         }
+        let idle = Duration::from_secs_f64(self.cfg.stream_idle_timeout_seconds);
+        self.ingest.expire_idle(idle, &mut self.targets.sink(&mut self.metrics, self.uprobes.stage_names()));
         self.targets.scan_stages(&mut self.ingest, &mut self.uprobes, &self.metrics);
         let linger = Duration::from_secs_f64(self.cfg.uprobe_linger_seconds);
         self.uprobes.expire(now, linger, &mut self.ingest.probes);

@@ -164,6 +164,8 @@ pub struct Connection {
     pub counters: ParseCounters,
     /// Thread of the syscall being fed (set by the caller before `on_read`/`on_write`).
     pub current_tid: u32,
+    /// Time of the last read or write fed (set by the caller): idle streams are ended by it.
+    pub last_ns: u64,
 }
 
 #[derive(Debug)]
@@ -186,6 +188,7 @@ impl Connection {
             },
             pending: VecDeque::new(),
             write_seq: 0,
+            last_ns: 0,
             counters: ParseCounters::default(),
             current_tid: 0,
         }

@@ -149,6 +149,18 @@ impl Ingest {
         self.phases.remove(&pid);
     }
 
+    /// Streams with no event for `idle` end as partial records (see [`Tracker::expire_idle`]).
+    ///
+    /// [`Tracker::expire_idle`]: crate::tracker::Tracker::expire_idle
+    pub fn expire_idle(&mut self, idle: std::time::Duration, sink: &mut impl Sink) {
+        let now = crate::event::monotonic_ns();
+        if self.tracker.expire_idle(now, idle.as_nanos() as u64, &mut self.finished) > 0 {
+            for f in self.finished.drain(..) {
+                sink.request(f);
+            }
+        }
+    }
+
     /// The run is over: streams still open come out as partial records with `reason`.
     pub fn finish(&mut self, reason: &'static str, sink: &mut impl Sink) {
         self.drain(sink);
