@@ -231,6 +231,7 @@ fn add(total: &mut ParseCounters, c: &ParseCounters) {
     total.upgraded += c.upgraded;
     total.partial += c.partial;
     total.completed_at_close += c.completed_at_close;
+    total.pipeline_overflow += c.pipeline_overflow;
 }
 
 #[cfg(test)]

@@ -70,6 +70,7 @@ impl Health {
             ("unmatched_response", p.unmatched_responses),
             ("aborted", p.aborted),
             ("partial", p.partial),
+            ("pipeline_overflow", p.pipeline_overflow),
             ("decode_error", ingest.tracker.events.decode_errors),
             ("connections_dropped", ingest.tracker.events.connections_dropped),
             ("idle_timeout", ingest.tracker.events.idle_expired),

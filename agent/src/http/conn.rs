@@ -8,96 +8,12 @@ use super::chunked::ChunkDecoder;
 use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
 use super::head::{self, HeadBuf, RequestHead};
 use super::payload::classify;
+pub use super::record::{ParseCounters, RequestRecord};
 
 /// Requests read but not yet answered (pipelining); more is not HTTP we can follow.
 const MAX_PENDING: usize = 64;
 /// Content-write timestamps kept per request; later ones still count in `chunks`.
 pub const MAX_CONTENT_WRITES: usize = 1 << 16;
-
-/// One finished request/response exchange. Times are CLOCK_MONOTONIC ns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    /// The read that completed the request (head and body).
-    pub request_ns: u64,
-    /// The write that carried the response's first byte.
-    pub first_byte_ns: u64,
-    /// The first write that completed a content-bearing event.
-    pub first_token_ns: Option<u64>,
-    /// The write that carried the response's last byte.
-    pub end_ns: u64,
-    /// Every write that completed at least one content-bearing event, in order.
-    pub content_write_ns: Vec<u64>,
-    /// Content-bearing events (one event may carry several tokens).
-    pub chunks: u64,
-    /// Completion tokens, when the stream itself states the count.
-    pub tokens: Option<u64>,
-    /// The body was an event stream (SSE or NDJSON).
-    pub streaming: bool,
-    /// Thread that completed reading the request, and thread that wrote the response head
-    /// (stage calls on these threads belong to this request).
-    pub read_tid: u32,
-    pub write_tid: u32,
-    /// Set when the exchange did not end as its framing says and its stream never said it was
-    /// complete: what was measured is kept, with the reason (`e2e` is then not a figure).
-    pub partial: Option<&'static str>,
-}
-
-/// Durations derived from the timestamps, in seconds: defined here once, for the report and the
-/// metrics alike.
-impl RequestRecord {
-    fn secs(a: u64, b: u64) -> f64 {
-        b.saturating_sub(a) as f64 / 1e9
-    }
-
-    /// Request read → first response byte.
-    pub fn ttfb_s(&self) -> f64 {
-        Self::secs(self.request_ns, self.first_byte_ns)
-    }
-
-    /// Request read → first content-bearing write.
-    pub fn ttft_s(&self) -> Option<f64> {
-        self.first_token_ns.map(|t| Self::secs(self.request_ns, t))
-    }
-
-    /// Request read → last response byte (for a partial record: the last byte seen).
-    pub fn e2e_s(&self) -> f64 {
-        Self::secs(self.request_ns, self.end_ns)
-    }
-
-    /// Gaps between consecutive content-bearing writes.
-    pub fn itl_s(&self) -> impl Iterator<Item = f64> + '_ {
-        self.content_write_ns.windows(2).map(|w| Self::secs(w[0], w[1]))
-    }
-}
-
-/// What went wrong or was skipped; summed over connections by the tracker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ParseCounters {
-    /// Heads that were not HTTP/1.x (garbage, TLS, HTTP/2).
-    pub bad_heads: u64,
-    /// Chunked bodies whose framing was malformed.
-    pub bad_chunks: u64,
-    /// Bodies whose framing was lost because bytes were not captured.
-    pub framing_lost: u64,
-    /// Responses with no request we saw (joined mid-exchange, or a lost read event).
-    pub unmatched_responses: u64,
-    /// Exchanges cut short by the connection closing.
-    pub aborted: u64,
-    /// Events longer than the classifier keeps.
-    pub truncated_events: u64,
-    /// Content-write timestamps beyond `MAX_CONTENT_WRITES` on one request.
-    pub content_writes_dropped: u64,
-    /// Connections switched to something else (101 Switching Protocols) and no longer followed.
-    pub upgraded: u64,
-    /// Responses cut before their stream said it was complete, reported as partial records.
-    pub partial: u64,
-    /// Streams whose terminal event was written but whose framing never finished (the client
-    /// closed after `[DONE]`, as the `openai` SDK does): complete for their user, reported so.
-    pub completed_at_close: u64,
-}
 
 #[derive(Debug)]
 struct PartialRequest {
@@ -160,6 +76,8 @@ pub struct Connection {
     inbound: Inbound,
     outbound: Outbound,
     pending: VecDeque<Pending>,
+    /// Requests read beyond `MAX_PENDING`, counted, their answers still to come.
+    overflow: u64,
     write_seq: u64,
     pub counters: ParseCounters,
     /// Thread of the syscall being fed (set by the caller before `on_read`/`on_write`).
@@ -187,6 +105,7 @@ impl Connection {
                 Outbound::Unsynced
             },
             pending: VecDeque::new(),
+            overflow: 0,
             write_seq: 0,
             last_ns: 0,
             counters: ParseCounters::default(),
@@ -324,10 +243,14 @@ impl Connection {
         }
     }
 
+    /// A request read in full. Beyond `MAX_PENDING` unanswered ones (and while any such is
+    /// unanswered) requests are counted, not kept, so the responses still line up: the ones
+    /// kept are answered first (HTTP/1.1 answers in order), then the skipped ones.
     fn push_pending(&mut self, head: RequestHead, request_ns: u64) {
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
-            self.counters.aborted += 1;
+        if self.overflow > 0 || self.pending.len() >= MAX_PENDING {
+            self.overflow += 1;
+            self.counters.pipeline_overflow += 1;
+            return;
         }
         self.pending.push_back(Pending { head, request_ns, read_tid: self.current_tid });
     }
@@ -454,6 +377,12 @@ impl Connection {
             return;
         }
         let Some(req) = self.pending.pop_front() else {
+            if self.overflow > 0 {
+                // The answer to a request counted in `pipeline_overflow`: skip its body.
+                self.overflow -= 1;
+                self.outbound = Outbound::Unsynced;
+                return;
+            }
             self.counters.unmatched_responses += 1;
             // Still follow the framing so the next exchange on this connection lines up.
             self.outbound = Outbound::Unsynced;
@@ -551,6 +480,7 @@ impl Connection {
         }
         self.counters.aborted += self.pending.len() as u64;
         self.pending.clear();
+        self.overflow = 0;
         self.outbound = Outbound::Gone;
         self.inbound = Inbound::Unsynced;
     }

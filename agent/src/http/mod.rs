@@ -9,6 +9,7 @@ pub mod conn;
 pub mod events;
 pub mod head;
 pub mod payload;
+pub mod record;
 pub mod route;
 
 pub use conn::{Connection, ParseCounters, RequestRecord};

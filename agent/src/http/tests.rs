@@ -116,6 +116,31 @@ fn keep_alive_and_pipelining() {
 }
 
 #[test]
+fn beyond_64_pipelined_requests_the_rest_are_counted_and_the_kept_ones_keep_their_figures() {
+    let (s, _) = llama_stream(3, "\n");
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    // 200 requests in two reads, before any answer; then the answers, one write each; then a
+    // request after the burst, which must be measured again.
+    let reqs: Vec<Vec<u8>> = (0..201).map(|i| format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()).collect();
+    let (a, b) = (reqs[..120].concat(), reqs[120..200].concat());
+    c.on_read(1, &a, a.len() as u64);
+    c.on_read(2, &b, b.len() as u64);
+    for i in 0..200u64 {
+        c.on_write(10 + i, &s, s.len() as u64, &mut out);
+    }
+    c.on_read(500, &reqs[200], reqs[200].len() as u64);
+    c.on_write(501, &s, s.len() as u64, &mut out);
+    assert_eq!(out.len(), 65, "64 kept, then the one after the burst");
+    for (i, r) in out[..64].iter().enumerate() {
+        assert_eq!((r.path.as_str(), r.first_byte_ns, r.chunks), (format!("/r{i}").as_str(), 10 + i as u64, 3));
+    }
+    assert_eq!((out[64].path.as_str(), out[64].request_ns, out[64].first_byte_ns), ("/r200", 500, 501));
+    assert_eq!(c.counters.pipeline_overflow, 136);
+    assert_eq!((c.counters.unmatched_responses, c.counters.aborted), (0, 0));
+}
+
+#[test]
 fn close_delimited_body_ends_at_last_write() {
     let mut c = Connection::new(true);
     let mut out = Vec::new();
