@@ -42,19 +42,36 @@ fn garbage_on_some_connections_loses_nothing_on_others() {
     let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
     let addr = server.addr();
     let junk = std::thread::spawn(move || {
-        let payloads: [&[u8]; 4] = [
+        let big_header = [b"GET /health HTTP/1.1\r\nX-Big: ".as_slice(), &vec![b'a'; 1 << 20], b"\r\n\r\n"].concat();
+        let pipelined = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let payloads: Vec<&[u8]> = vec![
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello",
             b"\x00\x01\x02\xff\xfe\r\n\r\n\x00",
             b"GET /x HTTP/1.1\r\nContent-Length: banana\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            &random,
+            &big_header,
+            &pipelined,
+            b"GET /health HTTP/1.0\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbad\r\n0\r\n\r\n",
         ];
-        for _ in 0..5 {
-            for p in payloads {
+        for _ in 0..3 {
+            for p in &payloads {
                 if let Ok(mut s) = TcpStream::connect(&addr) {
                     let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
                     let _ = s.write_all(p);
                     let mut buf = [0u8; 512];
                     let _ = s.read(&mut buf);
+                }
+            }
+            // Slowloris: a head one byte at a time, never finished.
+            if let Ok(mut s) = TcpStream::connect(&addr) {
+                for b in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " {
+                    let _ = s.write_all(&[*b]);
+                    std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }
@@ -65,9 +82,18 @@ fn garbage_on_some_connections_loses_nothing_on_others() {
     std::thread::sleep(Duration::from_millis(100));
     let report = agent.stop();
     let got = requests_by_path(&report);
-    for t in server.truth() {
+    for t in server.truth().iter().filter(|t| t.path.contains("/good")) {
         let r = got.get(&t.path).unwrap_or_else(|| panic!("good request {} lost", t.path));
         assert_eq!(r["chunks"].as_u64().unwrap(), t.chunks as u64);
+        // Its figures too, against the server's own clock (the stream-timing tests' tolerance).
+        let ft = r["first_token_ns"].as_u64().unwrap() as f64;
+        assert!(
+            (ft - t.first_token_ns.unwrap() as f64).abs() < 2e6,
+            "{}: first token {ft} vs {:?}",
+            t.path,
+            t.first_token_ns
+        );
+        assert!(r["partial"].is_null(), "{r}");
     }
     assert_eq!(got.keys().filter(|p| p.contains("/good")).count(), 24);
     let parse = &report["summary"]["parse"];
