@@ -307,3 +307,68 @@ fn a_target_that_execs_gets_a_new_identity_in_the_report() {
     assert_eq!(report["target"]["comm"], "sleep", "the report names the program it ran at the end");
     assert!(stdout.contains("exec'd at"), "the terminal report says so: {stdout}");
 }
+
+/// Secrets a client puts in the path, query, headers and body never appear in any output of
+/// attach run the default way (route templates, no `--raw-paths`), debug logs included.
+#[test]
+fn no_secret_in_any_output_debug_logs_included() {
+    let _serial = require_root();
+    let dir = scratch_dir("secrets");
+    let server = Server::start(ServerKind::Python, &dir);
+    let secrets = [
+        "sk-proj-Zq81canaryPATHkey0123456789",
+        "alice.canary@example.com",
+        "sk-ant-api03-canaryQUERYsecret",
+        "ghp_canaryHEADERtoken0123456789abcdef",
+        "canaryCOOKIEsession",
+        "canaryBODYprompt",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkifQ.c2lnbmF0dXJlY2FuYXJ5",
+    ];
+    let (json, svg, folded) = (dir.join("r.json"), dir.join("cpu.svg"), dir.join("cpu.folded"));
+    let agent = Command::new(env!("CARGO_BIN_EXE_inferscope"))
+        .args(["attach", "--pid", &server.pid().to_string(), "--duration", "4", "--json"])
+        .arg(&json)
+        .arg("--flamegraph")
+        .arg(&svg)
+        .arg("--folded")
+        .arg(&folded)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // attached (4 s run)
+    for i in 0..4 {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{} {}"}}]}}"#, secrets[5], secrets[1]);
+        write!(
+            s,
+            "POST /v1/chat/completions/{}/{}?api_key={}&tokens=3&interval_ms=2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nCookie: session={}\r\nX-Jwt: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            secrets[0], i, secrets[2], secrets[3], secrets[4], secrets[6], body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.contains("[DONE]"), "{resp}");
+    }
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["summary"]["requests"].as_u64(), Some(4), "measured: {}", report["summary"]);
+    let outputs = [
+        ("terminal report", String::from_utf8_lossy(&out.stdout).into_owned()),
+        ("debug log", String::from_utf8_lossy(&out.stderr).into_owned()),
+        ("JSON", std::fs::read_to_string(&json).unwrap()),
+        ("SVG", std::fs::read_to_string(&svg).unwrap()),
+        ("folded", std::fs::read_to_string(&folded).unwrap()),
+    ];
+    assert!(outputs[1].1.contains("DEBUG"), "the log ran at debug level");
+    for (what, text) in &outputs {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} leaked into the {what}");
+        }
+        // Nor their distinctive parts.
+        assert!(!text.to_lowercase().contains("canary"), "a canary leaked into the {what}");
+    }
+}
