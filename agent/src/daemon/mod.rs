@@ -579,6 +579,7 @@ impl Daemon {
             return;
         }
         let started = if self.profiler_started {
+            self.ingest.probes.start_unwind(pid);
             self.ingest.set_phase_now(pid)
         } else {
             self.ingest.probes.start_profiler(pid, 99).and_then(|()| self.ingest.set_phase_now(pid))
