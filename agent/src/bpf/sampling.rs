@@ -45,9 +45,10 @@ impl SocketProbes {
                 source,
             })?;
         }
-        self.set_phase(pid, agent_common::phase::IDLE)?;
+        // Tables first: the process's samples are counted from its phase entry on, and each
+        // of them should find its mapping table there.
         self.start_unwind(pid);
-        Ok(())
+        self.set_phase(pid, agent_common::phase::IDLE)
     }
 
     /// `.eh_frame` unwinding for `pid` (its tables built now); without it (the program refused,
