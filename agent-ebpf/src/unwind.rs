@@ -30,8 +30,7 @@ const EEXIST: i32 = 17;
 #[map]
 static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(limits::UNWIND_CHUNKS, 0);
 #[map]
-static UNWIND_MAPPINGS: HashMap<u32, ProcMappings> =
-    HashMap::with_max_entries(limits::UNWIND_PROCS, BPF_F_NO_PREALLOC);
+static UNWIND_MAPPINGS: HashMap<u32, ProcMappings> = HashMap::with_max_entries(limits::UNWIND_PROCS, BPF_F_NO_PREALLOC);
 #[map]
 static USER_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(limits::USER_STACKS, BPF_F_NO_PREALLOC);
 #[map]

@@ -298,7 +298,8 @@ fn build_unwind_fixture(dir: &Path) -> (PathBuf, PathBuf) {
 fn whole_chain(stack: &str) -> bool {
     let user: Vec<&str> = stack.split(';').skip(1).filter(|f| !f.ends_with("_[k]")).collect();
     let root_ok = user.first().is_some_and(|r| {
-        ["_start", "start_thread", "clone3", "__clone3", "clone", "__clone"].contains(r) || r.starts_with("[unknown libc.so")
+        ["_start", "start_thread", "clone3", "__clone3", "clone", "__clone"].contains(r)
+            || r.starts_with("[unknown libc.so")
     });
     let text = user.join(";");
     root_ok && (text.contains(";main;serve") || text.contains(";worker;serve"))

@@ -2,7 +2,10 @@
 //! each followed process's unwind tables (`crate::unwind`) into `UNWIND_ROWS` and
 //! `UNWIND_MAPPINGS`, and reads unwound stacks back from `USER_STACKS`.
 
-use agent_common::{maps, setting, unwind::{ProcMappings, RowChunk, UserStack}};
+use agent_common::{
+    maps, setting,
+    unwind::{ProcMappings, RowChunk, UserStack},
+};
 use aya::{
     maps::{Array, HashMap, ProgramArray},
     programs::PerfEvent,

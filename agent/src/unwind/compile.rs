@@ -164,7 +164,8 @@ fn finish(mut raw: Vec<RawRow>) -> Result<Vec<UnwindRow>, UnwindError> {
             // Same pc: the later (higher priority) row is the one in force.
             Some(last) if last.pc == row.pc => *last = row,
             // Same rules as the row before: nothing changes at this pc.
-            Some(last) if (last.kind, last.cfa_offset, last.rbp_offset) == (row.kind, row.cfa_offset, row.rbp_offset) => {}
+            Some(last)
+                if (last.kind, last.cfa_offset, last.rbp_offset) == (row.kind, row.cfa_offset, row.rbp_offset) => {}
             None if row.kind == row_kind::NONE => {}
             _ => rows.push(row),
         }
@@ -224,7 +225,10 @@ mod tests {
         assert_eq!(t.vaddr_for_offset(0x19000), Some(0x1a000));
         assert_eq!(t.vaddr_for_offset(0x20000), Some(0x21000));
         // gcc/ld layout: page-aligned segments, one per page.
-        let t = FileTable { segments: vec![seg(0, 0, 0x1000, false), seg(0x1000, 0x1000, 0x500, true)], ..Default::default() };
+        let t = FileTable {
+            segments: vec![seg(0, 0, 0x1000, false), seg(0x1000, 0x1000, 0x500, true)],
+            ..Default::default()
+        };
         assert_eq!(t.vaddr_for_offset(0x1000), Some(0x1000));
     }
 

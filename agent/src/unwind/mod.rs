@@ -137,7 +137,11 @@ impl Tables {
             self.stats.mappings_dropped += (entries.len() - MAX_MAPPINGS) as u64;
             entries.truncate(MAX_MAPPINGS);
         }
-        let mut mappings = Box::new(ProcMappings { count: entries.len() as u32, _pad: 0, entries: [Mapping::default(); MAX_MAPPINGS] });
+        let mut mappings = Box::new(ProcMappings {
+            count: entries.len() as u32,
+            _pad: 0,
+            entries: [Mapping::default(); MAX_MAPPINGS],
+        });
         mappings.entries[..entries.len()].copy_from_slice(&entries);
         let old = self.procs.insert(pid, (modules, used.clone())).map(|(_, u)| u).unwrap_or_default();
         let freed = old.difference(&used).map(|id| self.release(*id, pid)).sum();
