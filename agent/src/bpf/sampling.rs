@@ -124,7 +124,7 @@ impl SocketProbes {
                 }
             }
             for id in [key.user_stack, key.kernel_stack] {
-                if id >= 0 && id < USER_STACK_ID_BIT && !raw.stacks.contains_key(&id) {
+                if (0..USER_STACK_ID_BIT).contains(&id) && !raw.stacks.contains_key(&id) {
                     if let Ok(st) = stacks.get(&(id as u32), 0) {
                         raw.stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
                     }

@@ -67,7 +67,7 @@ impl SocketProbes {
             }
         }
         let mut procs: HashMap<_, u32, ProcMappings> = self.map_mut(maps::UNWIND_MAPPINGS)?;
-        procs.insert(pid, &*update.mappings, 0).map_err(map_error(maps::UNWIND_MAPPINGS))?;
+        procs.insert(pid, *update.mappings, 0).map_err(map_error(maps::UNWIND_MAPPINGS))?;
         Ok(true)
     }
 

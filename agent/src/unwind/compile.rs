@@ -176,6 +176,7 @@ fn finish(mut raw: Vec<RawRow>) -> Result<Vec<UnwindRow>, UnwindError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -257,3 +257,69 @@ fn read(m: &Module) -> Result<Vec<u8>, UnwindError> {
     let path = m.open_path.clone().unwrap_or_else(|| m.path.clone());
     std::fs::read(&path).map_err(|e| UnwindError::Io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::unwind::row_kind;
+
+    #[test]
+    fn row_space_is_bounded_and_freed_ranges_are_reused_first_fit() {
+        let mut t = Tables::new(10);
+        assert_eq!(t.allocate(4), Some(0));
+        assert_eq!(t.allocate(4), Some(4));
+        assert_eq!(t.allocate(4), None, "2 chunks left");
+        t.free.push((0, 4));
+        assert_eq!(t.allocate(3), Some(0));
+        assert_eq!(t.allocate(2), Some(8));
+        assert_eq!(t.allocate(1), Some(3));
+        assert_eq!(t.allocate(1), None);
+    }
+
+    #[inline(never)]
+    fn a_function_of_this_binary() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    /// The agent's own process: every executable mapping gets a place, the test binary's rows
+    /// say "CFA = rsp + 8" at the entry of one of its functions (found through the mapping's
+    /// load bias), an unchanged process is not written again, and forgetting it frees its rows.
+    #[test]
+    fn own_process_tables_place_a_function_entry() {
+        let mut t = Tables::new(limits_chunks());
+        let pid = std::process::id();
+        let u = t.refresh(pid).expect("own maps").expect("first look writes");
+        let entries = &u.mappings.entries[..u.mappings.count as usize];
+        assert!(entries.windows(2).all(|w| w[0].start < w[1].start));
+        let addr = a_function_of_this_binary as fn() -> u64 as usize as u64;
+        assert_eq!(a_function_of_this_binary(), 7);
+        let m = entries.iter().find(|m| addr >= m.start && addr < m.end).expect("mapped");
+        assert!(m.rows_len > 0, "the test binary has .eh_frame");
+        let row = |i: u32| {
+            let (c, r) = (i / CHUNK_ROWS as u32, i as usize % CHUNK_ROWS);
+            u.chunks.iter().find(|(idx, _)| *idx == c).expect("uploaded").1.rows[r]
+        };
+        let vaddr = (addr - m.bias) as u32;
+        let (mut lo, mut hi) = (m.rows_start, m.rows_start + m.rows_len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if row(mid).pc <= vaddr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let r = row(lo - 1);
+        assert_eq!((r.kind, r.cfa_offset), (row_kind::CFA_RSP, 8), "{r:?} at a function's entry");
+        assert!(t.stats.files >= 2 && t.stats.map_bytes > 0, "{:?}", t.stats);
+        assert!(t.refresh(pid).expect("own maps").is_none(), "nothing changed");
+        let bytes = t.stats.map_bytes;
+        let freed = t.forget(pid);
+        assert_eq!(u64::from(freed) * std::mem::size_of::<RowChunk>() as u64, bytes);
+        assert_eq!((t.stats.files, t.stats.rows, t.stats.map_bytes), (0, 0, 0));
+    }
+
+    fn limits_chunks() -> u32 {
+        agent_common::limits::UNWIND_CHUNKS
+    }
+}
