@@ -34,6 +34,9 @@ pub mod row_kind {
     pub const PLT: u8 = 3;
     /// The return address is undefined here: the outermost frame (`_start`, a thread's start).
     pub const END: u8 = 4;
+    /// A function that realigned its stack (gcc's DRAP: AVX code such as ggml's): CFA =
+    /// *(rbp + cfa_offset as i16), and the caller's rbp is at *(rbp).
+    pub const CFA_DEREF_RBP: u8 = 5;
 }
 
 /// One row of a file's unwind table; `pc` is an ELF virtual address of the file.

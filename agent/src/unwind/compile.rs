@@ -135,6 +135,13 @@ fn convert<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
         CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => (row_kind::CFA_RBP, *offset),
         CfaRule::Expression(expr) => match expr.get(section) {
             Ok(e) if is_plt_expression(e.0.slice()) => (row_kind::PLT, 8),
+            Ok(e) => match deref_rbp_offset(e.0.slice()) {
+                // The caller's rbp must be the one saved at *(rbp), as gcc's DRAP prologue has it.
+                Some(off) if rbp_saved_at_rbp(section, row) => {
+                    return UnwindRow { pc: 0, cfa_offset: off as u16, rbp_offset: 0, kind: row_kind::CFA_DEREF_RBP };
+                }
+                _ => return none,
+            },
             _ => return none,
         },
         _ => return none,
@@ -152,6 +159,30 @@ fn convert<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
 /// DW_OP_shl, DW_OP_plus).
 fn is_plt_expression(bytes: &[u8]) -> bool {
     bytes.len() == 11 && bytes[0] == 0x77 && bytes[1] == 8 && bytes[2] == 0x80 && bytes[7] == 0x2a
+}
+
+/// `DW_OP_breg6 (rbp) N; DW_OP_deref`: the CFA gcc gives a function that realigned its stack
+/// through a DRAP register, once the prologue has saved that register below rbp. Returns N.
+fn deref_rbp_offset(bytes: &[u8]) -> Option<i16> {
+    let [0x76, rest @ .., 0x06] = bytes else { return None };
+    let mut r = gimli::EndianSlice::new(rest, LittleEndian);
+    let n = gimli::Reader::read_sleb128(&mut r).ok()?;
+    if !r.is_empty() {
+        return None;
+    }
+    i16::try_from(n).ok()
+}
+
+/// Whether the row's rule for rbp is `DW_CFA_expression rbp: DW_OP_breg6 (rbp) 0` (saved at
+/// the address rbp holds).
+fn rbp_saved_at_rbp<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    row: &gimli::UnwindTableRow<usize>,
+) -> bool {
+    match row.register(X86_64::RBP) {
+        RegisterRule::Expression(e) => e.get(section).is_ok_and(|e| e.0.slice() == [0x76, 0x00]),
+        _ => false,
+    }
 }
 
 /// Sorted, deduplicated rows with 32-bit pcs.
@@ -201,6 +232,15 @@ mod tests {
             rows,
             vec![row(0x1000, row_kind::CFA_RSP, 8), row(0x1014, row_kind::CFA_RSP, 16), row(0x1030, row_kind::NONE, 0)]
         );
+    }
+
+    #[test]
+    fn drap_cfa_expressions_are_recognised() {
+        assert_eq!(deref_rbp_offset(&[0x76, 0x78, 0x06]), Some(-8));
+        assert_eq!(deref_rbp_offset(&[0x76, 0x70, 0x06]), Some(-16));
+        assert_eq!(deref_rbp_offset(&[0x77, 0x78, 0x06]), None, "rsp-based");
+        assert_eq!(deref_rbp_offset(&[0x76, 0x78]), None, "no deref");
+        assert_eq!(deref_rbp_offset(&[0x76, 0x78, 0x23, 0x08, 0x06]), None, "more operations");
     }
 
     #[test]
