@@ -5,6 +5,8 @@
 //! change on both sides at once — which is the point of keeping it in one crate.
 #![no_std]
 
+pub mod unwind;
+
 /// Bytes of payload the kernel copies per socket syscall. The parser only needs frame boundaries,
 /// so bytes past this limit are reported as a length (`EventHeader::len`) and never copied.
 /// Power of two: the eBPF side masks offsets with `MAX_CAPTURE - 1` to satisfy the verifier.
@@ -38,6 +40,11 @@ pub mod maps {
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const PASSIVE: &str = "PASSIVE";
     pub const CONN_IDS: &str = "CONN_IDS";
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+    pub const UNWIND_STATE: &str = "UNWIND_STATE";
+    pub const UNWIND_PROGS: &str = "UNWIND_PROGS";
+    pub const USER_STACKS: &str = "USER_STACKS";
 }
 
 /// Names of the `.rodata` globals the loader sets before loading (kernel struct layouts read from
@@ -95,6 +102,13 @@ pub mod limits {
     pub const LISTEN_PORTS: u32 = 1024;
     /// Connections established on a followed port since attach, not yet claimed by a read (LRU).
     pub const PASSIVE: u32 = 16384;
+    /// Chunks of `unwind::CHUNK_ROWS` unwind rows (2 KiB each) for all files together: 8 MiB,
+    /// 1M rows (libc ~20k, libstdc++ ~30k, libpython ~80k).
+    pub const UNWIND_CHUNKS: u32 = 4096;
+    /// Processes with an unwind mapping table (allocated as used).
+    pub const UNWIND_PROCS: u32 = 1024;
+    /// Distinct unwound user stacks (1 KiB each, allocated as used).
+    pub const USER_STACKS: u32 = 16384;
 }
 
 /// Indices of the `SETTINGS` array (userspace switches, all 0 = off).
@@ -103,6 +117,8 @@ pub mod setting {
     pub const OFFCPU: u32 = 0;
     /// Send exec/exit records to `PROC_EVENTS` (process discovery in daemon mode).
     pub const PROC_EVENTS: u32 = 1;
+    /// Unwind user stacks from `.eh_frame` tables (`UNWIND_*` maps) instead of frame pointers.
+    pub const UNWIND: u32 = 2;
     pub const COUNT: u32 = 4;
 }
 
@@ -271,6 +287,8 @@ pub mod counter {
     /// Multi-segment buffers (readv/writev/sendmsg with several iovecs) copied through the
     /// per-CPU scratch area instead of straight into the ring record.
     pub const SCRATCH_COPIES: u32 = 20;
+    /// Unwound user stacks not stored because `USER_STACKS` was full.
+    pub const USER_STACKS_FULL: u32 = 21;
     pub const COUNT: u32 = 24;
 
     pub const fn lost_for_kind(kind: u16) -> u32 {
@@ -382,4 +400,7 @@ mod user {
     unsafe impl aya::Pod for super::ProcEvent {}
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::SendSlot {}
+    unsafe impl aya::Pod for super::unwind::RowChunk {}
+    unsafe impl aya::Pod for super::unwind::ProcMappings {}
+    unsafe impl aya::Pod for super::unwind::UserStack {}
 }

@@ -7,6 +7,7 @@
 //! | `stages` | uprobes / uretprobes | stage latency |
 //! | `lifecycle` | `sched_process_exit`, `sched_process_exec` | per-thread cleanup, daemon discovery |
 //! | `sampling` | perf cpu-clock, `sched_switch` | CPU and off-CPU profiles |
+//! | `unwind` | `cpu_unwind` (tail-called by `cpu_sample`) | user stacks from `.eh_frame` tables |
 //!
 //! `common` holds what they share (followed processes, the data ring, loss counters). The
 //! record layouts are in `agent-common`, the wire format both sides compile from.
@@ -22,6 +23,7 @@ mod sampling;
 mod socket;
 mod stages;
 mod syscalls;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -73,12 +73,16 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
 }
 
 /// One software cpu-clock sample on some CPU: counted in the kernel per (process, phase,
-/// stacks); userspace reads the counts, not one event per sample.
+/// stacks); userspace reads the counts, not one event per sample. The user stack is unwound
+/// from `.eh_frame` tables when the process has them (`unwind`, which counts the sample itself),
+/// else taken by frame pointers.
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup of a plain value.
     let Some(&phase) = (unsafe { PROFILE_PHASE.get(&tgid) }) else { return 0 };
+    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    crate::unwind::start(&ctx, SampleKey { tgid, phase, user_stack: -1, kernel_stack });
     let user_stack = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
         Ok(id) => id as i32,
         Err(_) => {
@@ -86,18 +90,21 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             -1
         }
     };
-    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    let key = SampleKey { tgid, phase, user_stack, kernel_stack };
+    count_sample(&SampleKey { tgid, phase, user_stack, kernel_stack });
+    0
+}
+
+#[inline(always)]
+pub fn count_sample(key: &SampleKey) {
     // Per-CPU values: no atomics needed, userspace sums the CPUs.
-    if let Some(n) = SAMPLES.get_ptr_mut(&key) {
+    if let Some(n) = SAMPLES.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a map value; nothing else writes it while we run.
         unsafe { *n += 1 };
-    } else if SAMPLES.insert(&key, &1, BPF_NOEXIST).is_err() {
-        match SAMPLES.get_ptr_mut(&key) {
+    } else if SAMPLES.insert(key, &1, BPF_NOEXIST).is_err() {
+        match SAMPLES.get_ptr_mut(key) {
             // SAFETY: as above (another CPU created the entry first).
             Some(n) => unsafe { *n += 1 },
             None => bump(counter::SAMPLES_FULL),
         }
     }
-    0
 }

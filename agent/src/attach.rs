@@ -244,6 +244,9 @@ impl Run {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));
         let mut rescan = tokio::time::interval(Duration::from_secs(1));
+        // Libraries dlopen'ed while sampling get unwind tables within this (one read of
+        // /proc/PID/maps when nothing changed).
+        let mut unwind_rescan = tokio::time::interval(Duration::from_millis(200));
         // Both listeners live across loop turns: a signal that arrives while a turn drains the
         // rings is kept for the next `select!`, never lost.
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -259,6 +262,11 @@ impl Run {
                     }
                 }
                 _ = rescan.tick() => self.rescan(),
+                _ = unwind_rescan.tick(), if self.opts.sample_hz.is_some() => {
+                    if let Err(e) = self.ingest.probes.refresh_unwind(self.opts.pid) {
+                        log::warn!("unwind tables: {e}");
+                    }
+                }
                 _ = status_tick.tick(), if self.opts.status => self.status_line(tty),
                 _ = exited.readable() => break "target exited",
                 _ = sigint.recv() => break "interrupted",
@@ -343,6 +351,7 @@ impl Run {
         }
         let capture = crate::report::CaptureInfo { mode: probes.mode, fallback_reason: probes.fallback_reason.clone() };
         let kernel_maps = probes.map_fill();
+        let unwind_tables = probes.unwind_stats();
         let Self {
             opts,
             mut target,
@@ -392,7 +401,7 @@ impl Run {
         });
         let kallsyms = crate::profile::Kallsyms::load();
         let mut fold = |raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm);
-        let cpu = cpu_profile.map(&mut fold);
+        let cpu = cpu_profile.map(|raw| crate::profile::Folded { unwind_tables, ..fold(raw) });
         let offcpu = offcpu_profile.map(|raw| crate::profile::Folded { unit: Some("us"), ..fold(raw) });
         Ok(Report {
             cpu,

@@ -15,3 +15,4 @@ pub mod report;
 pub mod stages;
 pub mod symbols;
 pub mod tracker;
+pub mod unwind;

@@ -6,6 +6,7 @@ mod capture;
 mod privileges;
 mod sampling;
 mod stages;
+mod unwind;
 
 pub use privileges::{check_daemon_capabilities, check_privileges};
 use privileges::{effective_caps, is_permission_error};
@@ -88,6 +89,7 @@ pub struct KernelCounters {
     pub stage_stacks_full: u64,
     pub samples_map_full: u64,
     pub user_stack_missing: u64,
+    pub user_stacks_full: u64,
     pub offcpu_map_full: u64,
     pub proc_events_lost: u64,
     /// Socket capture: followed socket I/O whose buffer could not be located (io_uring,
@@ -126,6 +128,9 @@ pub struct SocketProbes {
     sched_exit_attached: bool,
     /// Uprobe links attached (entry and return counted separately).
     pub uprobes_attached: usize,
+    /// Native unwinding: tables of the files followed processes map, and whether it is on.
+    unwind: crate::unwind::Tables,
+    unwind_enabled: bool,
 }
 
 impl SocketProbes {
@@ -206,6 +211,8 @@ impl SocketProbes {
             stages_loaded: false,
             sched_exit_attached: false,
             uprobes_attached: 0,
+            unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
+            unwind_enabled: false,
         })
     }
 
@@ -276,6 +283,11 @@ impl SocketProbes {
             (maps::SAMPLES, self.per_cpu_hash_len::<SampleKey, u64>(maps::SAMPLES), limits::SAMPLES),
             (maps::OFFCPU, self.per_cpu_hash_len::<SampleKey, u64>(maps::OFFCPU), limits::OFFCPU),
             (maps::OFFCPU_START, self.hash_len::<u32, OffCpuStart>(maps::OFFCPU_START), limits::OFFCPU_START),
+            (
+                maps::USER_STACKS,
+                self.hash_len::<u32, agent_common::unwind::UserStack>(maps::USER_STACKS),
+                limits::USER_STACKS,
+            ),
         ]);
         fill
     }
@@ -328,6 +340,7 @@ impl SocketProbes {
             stage_stacks_full: get(counter::STAGE_STACKS_FULL),
             samples_map_full: get(counter::SAMPLES_FULL),
             user_stack_missing: get(counter::USER_STACK_MISSING),
+            user_stacks_full: get(counter::USER_STACKS_FULL),
             offcpu_map_full: get(counter::OFFCPU_FULL),
             proc_events_lost: get(counter::PROC_LOST),
             no_payload: get(counter::NO_PAYLOAD),

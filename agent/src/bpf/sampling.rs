@@ -1,7 +1,7 @@
 //! CPU samples (perf cpu-clock on every CPU) and off-CPU intervals (sched_switch), counted in the
 //! kernel per (process, phase, stacks); the phase each process is in is written here.
 
-use agent_common::maps;
+use agent_common::{maps, unwind::USER_STACK_ID_BIT};
 use aya::{
     maps::HashMap,
     programs::{
@@ -45,7 +45,22 @@ impl SocketProbes {
                 source,
             })?;
         }
+        // Tables first: the process's samples are counted from its phase entry on, and each
+        // of them should find its mapping table there.
+        self.start_unwind(pid);
         self.set_phase(pid, agent_common::phase::IDLE)
+    }
+
+    /// `.eh_frame` unwinding for `pid` (its tables built now); without it (the program refused,
+    /// tables not buildable) user stacks are taken by frame pointers as before.
+    pub fn start_unwind(&mut self, pid: u32) {
+        if let Err(e) = self.enable_unwind() {
+            log::warn!("native unwinding is off, user stacks need frame pointers: {e}");
+            return;
+        }
+        if let Err(e) = self.refresh_unwind(pid) {
+            log::warn!("unwind tables of pid {pid}: {e}");
+        }
     }
 
     pub fn set_phase(&mut self, pid: u32, phase: u32) -> Result<(), ProbeError> {
@@ -58,6 +73,8 @@ impl SocketProbes {
         if let Ok(mut m) = self.map_mut::<u32, u32>(maps::PROFILE_PHASE) {
             let _ = m.remove(&pid);
         }
+        self.forget_unwind(pid);
+        let mut unwound = Vec::new();
         for name in [maps::SAMPLES, maps::OFFCPU] {
             let Some(map) = self.ebpf.map_mut(name) else { continue };
             let Ok(mut m) = aya::maps::PerCpuHashMap::<_, agent_common::SampleKey, u64>::try_from(map) else {
@@ -67,7 +84,9 @@ impl SocketProbes {
             for k in &keys {
                 let _ = m.remove(k);
             }
+            unwound.extend(keys.iter().map(|k| k.user_stack).filter(|&id| id >= USER_STACK_ID_BIT));
         }
+        self.remove_user_stacks(&unwound);
     }
 
     /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
@@ -98,8 +117,14 @@ impl SocketProbes {
             let (key, per_cpu) = item;
             let n: u64 = per_cpu.iter().sum();
             raw.samples.push((key, n));
+            if key.user_stack >= USER_STACK_ID_BIT && !raw.stacks.contains_key(&key.user_stack) {
+                if let Some((pcs, how)) = self.user_stack(key.user_stack) {
+                    raw.stacks.insert(key.user_stack, pcs);
+                    raw.outcomes.insert(key.user_stack, how);
+                }
+            }
             for id in [key.user_stack, key.kernel_stack] {
-                if id >= 0 && !raw.stacks.contains_key(&id) {
+                if (0..USER_STACK_ID_BIT).contains(&id) && !raw.stacks.contains_key(&id) {
                     if let Ok(st) = stacks.get(&(id as u32), 0) {
                         raw.stacks.insert(id, st.frames().iter().map(|f| f.ip).collect());
                     }

@@ -34,6 +34,7 @@ impl Flamegraphs {
             return;
         }
         let started = if self.profiler_started {
+            ingest.probes.start_unwind(pid);
             ingest.set_phase_now(pid)
         } else {
             ingest.probes.start_profiler(pid, 99).and_then(|()| ingest.set_phase_now(pid))

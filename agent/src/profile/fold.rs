@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use agent_common::phase;
+use agent_common::{phase, unwind::outcome};
 
 use super::kallsyms::Kallsyms;
 use super::names::Names;
@@ -21,8 +21,16 @@ pub struct Folded {
     pub samples: u64,
     /// Samples whose user stack could not be read at all.
     pub no_user_stack: u64,
-    /// Samples whose user stack stops before a thread entry point (no frame pointers).
+    /// Samples whose user stack stops before a thread entry point.
     pub truncated: u64,
+    /// `truncated` by why the walk stopped: `no_cfi`, `depth_limit`, `read_fault`,
+    /// `no_mapping` (`.eh_frame` unwinding), `frame_pointers` (a frame-pointer chain that ended
+    /// before a thread entry point).
+    pub truncated_by: BTreeMap<&'static str, u64>,
+    /// Samples whose user stack was unwound from `.eh_frame` tables (the rest: frame pointers).
+    pub unwound: u64,
+    /// The unwind tables in the kernel when the profile was read (CPU profiles with unwinding).
+    pub unwind_tables: Option<crate::unwind::TableStats>,
     /// What the counts are: `None` = CPU samples; `Some("us")` = off-CPU microseconds.
     pub unit: Option<&'static str>,
 }
@@ -130,18 +138,36 @@ pub fn fold(
         let user = user_stacks.get(&key.user_stack).filter(|_| key.user_stack >= 0);
         match user {
             Some(frames) => {
+                let how = raw.outcomes.get(&key.user_stack).copied();
+                if how.is_some() {
+                    out.unwound += n;
+                }
                 // libc's own entry (__libc_start_call_main) is a local symbol: an unnamed libc root counts as complete.
-                let complete = frames.first().is_some_and(|&id| {
-                    let known = &mut root[id as usize];
-                    if *known == 0 {
-                        let name = names.name(id);
-                        *known =
-                            if THREAD_ROOTS.contains(&name) || name.starts_with("[unknown libc.so") { 2 } else { 1 };
-                    }
-                    *known == 2
-                });
-                if !complete {
+                let mut at_root = || {
+                    frames.first().is_some_and(|&id| {
+                        let known = &mut root[id as usize];
+                        if *known == 0 {
+                            let name = names.name(id);
+                            *known = if THREAD_ROOTS.contains(&name) || name.starts_with("[unknown libc.so") {
+                                2
+                            } else {
+                                1
+                            };
+                        }
+                        *known == 2
+                    })
+                };
+                let stopped = match how {
+                    Some(outcome::COMPLETE) => None,
+                    Some(outcome::NO_CFI) => Some("no_cfi"),
+                    Some(outcome::DEPTH_LIMIT) => Some("depth_limit"),
+                    Some(outcome::READ_FAULT) => Some("read_fault"),
+                    Some(outcome::NO_MAPPING) => Some("no_mapping"),
+                    _ => (!at_root()).then_some("frame_pointers"),
+                };
+                if let Some(why) = stopped {
                     out.truncated += n;
+                    *out.truncated_by.entry(why).or_insert(0) += n;
                 }
             }
             None => out.no_user_stack += n,

@@ -9,6 +9,9 @@ use agent_common::SampleKey;
 pub struct RawProfile {
     pub samples: Vec<(SampleKey, u64)>,
     pub stacks: HashMap<i32, Vec<u64>>,
+    /// How the walk of each unwound user stack ended (`agent_common::unwind::outcome`); stacks
+    /// taken by frame pointers (`bpf_get_stackid`) have none.
+    pub outcomes: HashMap<i32, u32>,
 }
 
 /// Off-CPU counts arrive as nanoseconds; flamegraphs of them are in microseconds.

@@ -32,6 +32,10 @@ impl Report {
                 "by_phase": cpu.by_phase.iter().map(|(p, s)| (p.clone(), s.values().sum::<u64>())).collect::<BTreeMap<_, _>>(),
                 "no_user_stack": cpu.no_user_stack,
                 "truncated": cpu.truncated,
+                "truncated_by": cpu.truncated_by,
+                "unwound": cpu.unwound,
+                "unwind_tables": cpu.unwind_tables,
+                "user_stacks_full": self.kernel.user_stacks_full,
                 "samples_map_full": self.kernel.samples_map_full,
                 "top_functions": top_json(cpu),
             });

@@ -27,11 +27,21 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
             .collect();
         let _ = writeln!(
             o,
-            "\nCPU samples {} ({}); no user stack {:.1}%, truncated stacks {:.1}%",
+            "\nCPU samples {} ({}); no user stack {:.1}%, truncated stacks {:.1}%{}",
             cpu.samples,
             phases.join(", "),
             pct(cpu.no_user_stack, cpu.samples),
-            pct(cpu.truncated, cpu.samples)
+            pct(cpu.truncated, cpu.samples),
+            if cpu.truncated_by.is_empty() {
+                String::new()
+            } else {
+                let why: Vec<String> = cpu
+                    .truncated_by
+                    .iter()
+                    .map(|(why, n)| format!("{} {:.1}%", why.replace('_', " "), pct(*n, cpu.samples)))
+                    .collect();
+                format!(" ({})", why.join(", "))
+            }
         );
         top_table(o, "top functions", cpu);
     }
