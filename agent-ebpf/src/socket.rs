@@ -284,16 +284,19 @@ enum Buffer {
 #[inline(always)]
 fn locate(kind: EventKind) -> Buffer {
     // SAFETY: the BTF task pointer of the current task, as the helper wants it.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
         return Buffer::Unknown;
     }
-    // SAFETY: fault-tolerant kernel read of the saved registers' window.
-    let Ok(window) = (unsafe { bpf_probe_read_kernel((regs + global(&REGS_WINDOW_OFF)) as *const [u64; 4]) }) else {
-        return Buffer::Unknown;
+    // Direct loads from the BTF-typed `struct pt_regs *` the helper returned (the verifier
+    // checks them against the kernel's BTF and the JIT makes them fault-safe): the offsets are
+    // loader-set read-only globals, so the verifier sees them as constants. No helper call.
+    let reg = |slot: &u32| {
+        let off = global(&REGS_WINDOW_OFF) + 8 * (global(slot) & 3);
+        // SAFETY: see above; `off` lies inside `struct pt_regs` (checked by the loader).
+        unsafe { core::ptr::read_volatile(regs.add(off as usize).cast::<u64>()) }
     };
-    let slot = |g: &u32| window[(global(g) & 3) as usize];
-    let (sys, arg1) = (slot(&REGS_NR_SLOT), slot(&REGS_ARG1_SLOT));
+    let (sys, arg1) = (reg(&REGS_NR_SLOT), reg(&REGS_ARG1_SLOT));
     if arg1 == 0 {
         return Buffer::Unknown; // kernel worker threads (io_uring's) have zeroed registers
     }
@@ -306,7 +309,7 @@ fn locate(kind: EventKind) -> Buffer {
         return Buffer::Flat(arg1, u64::MAX);
     }
     let (iov, cnt) = if sys == vec {
-        (arg1, slot(&REGS_ARG2_SLOT))
+        (arg1, reg(&REGS_ARG2_SLOT))
     } else if sys == msg {
         // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
         // SAFETY: fault-tolerant user reads.
