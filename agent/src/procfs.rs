@@ -5,7 +5,31 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use crate::report::TargetInfo;
+/// What we know about the target process. No command line: it may hold credentials.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    /// Workers followed with it (pre-fork servers: they accept what its socket receives).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<u32>,
+    /// Programs the target exec'd during the run (same PID, new image), in order; `comm`/`exe`
+    /// above are the program it ran at the end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub execs: Vec<ExecInfo>,
+}
+
+/// One `execve` of the target during a run: a new identity from `at_s` on.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct ExecInfo {
+    /// Seconds since the run started.
+    pub at_s: f64,
+    /// The program it ran before and the one it runs since.
+    pub from_comm: String,
+    pub comm: String,
+    pub exe: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {

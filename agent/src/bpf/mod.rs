@@ -4,7 +4,7 @@
 
 mod capture;
 mod privileges;
-mod sampling;
+pub mod sampling;
 mod stages;
 mod unwind;
 

@@ -90,16 +90,16 @@ impl SocketProbes {
     }
 
     /// Sample counts (summed over CPUs) and the stacks they reference (leaf first).
-    pub fn read_samples(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+    pub fn read_samples(&self) -> Result<RawProfile, ProbeError> {
         self.read_stack_counts(maps::SAMPLES)
     }
 
     /// Off-CPU nanoseconds per (process, phase, stacks), summed over CPUs.
-    pub fn read_offcpu(&self) -> Result<crate::profile::RawProfile, ProbeError> {
+    pub fn read_offcpu(&self) -> Result<RawProfile, ProbeError> {
         self.read_stack_counts(maps::OFFCPU)
     }
 
-    fn read_stack_counts(&self, name: &'static str) -> Result<crate::profile::RawProfile, ProbeError> {
+    fn read_stack_counts(&self, name: &'static str) -> Result<RawProfile, ProbeError> {
         let map = self
             .ebpf
             .map(name)
@@ -112,7 +112,7 @@ impl SocketProbes {
         })?;
         let stacks =
             aya::maps::StackTraceMap::try_from(map).map_err(|source| ProbeError::Map { name: maps::STACKS, source })?;
-        let mut raw = crate::profile::RawProfile::default();
+        let mut raw = RawProfile::default();
         for item in counts.iter().filter_map(Result::ok) {
             let (key, per_cpu) = item;
             let n: u64 = per_cpu.iter().sum();
@@ -133,4 +133,14 @@ impl SocketProbes {
         }
         Ok(raw)
     }
+}
+
+/// What the kernel counted: per key, and the stacks the keys refer to (leaf first).
+#[derive(Debug, Default, Clone)]
+pub struct RawProfile {
+    pub samples: Vec<(agent_common::SampleKey, u64)>,
+    pub stacks: std::collections::HashMap<i32, Vec<u64>>,
+    /// How the walk of each unwound user stack ended (`agent_common::unwind::outcome`); stacks
+    /// taken by frame pointers (`bpf_get_stackid`) have none.
+    pub outcomes: std::collections::HashMap<i32, u32>,
 }

@@ -18,31 +18,7 @@ use crate::tracker::EventCounters;
 
 const NS: f64 = 1e9;
 
-/// What we know about the target process. No command line: it may hold credentials.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TargetInfo {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    /// Workers followed with it (pre-fork servers: they accept what its socket receives).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub workers: Vec<u32>,
-    /// Programs the target exec'd during the run (same PID, new image), in order; `comm`/`exe`
-    /// above are the program it ran at the end.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub execs: Vec<ExecInfo>,
-}
-
-/// One `execve` of the target during a run: a new identity from `at_s` on.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ExecInfo {
-    /// Seconds since the run started.
-    pub at_s: f64,
-    /// The program it ran before and the one it runs since.
-    pub from_comm: String,
-    pub comm: String,
-    pub exe: String,
-}
+pub use crate::procfs::{ExecInfo, TargetInfo};
 
 /// One request as written to JSON: exactly the documented field names.
 #[derive(Debug, Clone, Serialize, PartialEq)]
