@@ -56,6 +56,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "reconcile_seconds": (int, float),
     "max_series": int,
     "max_targets": int,
+    "max_models_per_target": int,
     "ring_buffer_bytes": int,
     "gpu_sample_hz": (int, float),
     "nvml_library": str,
@@ -68,6 +69,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rule": list,
 }
 OPTIONAL_KEYS = {
+    "max_models_per_target",
     "nvml_library",
     "series_grace_seconds",
     "kubernetes",

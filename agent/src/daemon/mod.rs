@@ -62,7 +62,11 @@ pub struct Daemon {
 impl Daemon {
     fn new(cfg: Config, ingest: Ingest) -> Self {
         Self {
-            metrics: Metrics::new(cfg.max_series),
+            metrics: {
+                let mut m = Metrics::new(cfg.max_series);
+                m.max_models = cfg.max_models_per_target;
+                m
+            },
             targets: Targets::new(cfg.max_targets),
             cfg,
             ingest,

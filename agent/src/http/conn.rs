@@ -7,101 +7,20 @@ use std::collections::VecDeque;
 use super::chunked::ChunkDecoder;
 use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
 use super::head::{self, HeadBuf, RequestHead};
+use super::model::ModelScan;
 use super::payload::classify;
+pub use super::record::{ParseCounters, RequestRecord};
 
 /// Requests read but not yet answered (pipelining); more is not HTTP we can follow.
 const MAX_PENDING: usize = 64;
 /// Content-write timestamps kept per request; later ones still count in `chunks`.
 pub const MAX_CONTENT_WRITES: usize = 1 << 16;
 
-/// One finished request/response exchange. Times are CLOCK_MONOTONIC ns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    /// The read that completed the request (head and body).
-    pub request_ns: u64,
-    /// The write that carried the response's first byte.
-    pub first_byte_ns: u64,
-    /// The first write that completed a content-bearing event.
-    pub first_token_ns: Option<u64>,
-    /// The write that carried the response's last byte.
-    pub end_ns: u64,
-    /// Every write that completed at least one content-bearing event, in order.
-    pub content_write_ns: Vec<u64>,
-    /// Content-bearing events (one event may carry several tokens).
-    pub chunks: u64,
-    /// Completion tokens, when the stream itself states the count.
-    pub tokens: Option<u64>,
-    /// The body was an event stream (SSE or NDJSON).
-    pub streaming: bool,
-    /// Thread that completed reading the request, and thread that wrote the response head
-    /// (stage calls on these threads belong to this request).
-    pub read_tid: u32,
-    pub write_tid: u32,
-    /// Set when the exchange did not end as its framing says and its stream never said it was
-    /// complete: what was measured is kept, with the reason (`e2e` is then not a figure).
-    pub partial: Option<&'static str>,
-}
-
-/// Durations derived from the timestamps, in seconds: defined here once, for the report and the
-/// metrics alike.
-impl RequestRecord {
-    fn secs(a: u64, b: u64) -> f64 {
-        b.saturating_sub(a) as f64 / 1e9
-    }
-
-    /// Request read → first response byte.
-    pub fn ttfb_s(&self) -> f64 {
-        Self::secs(self.request_ns, self.first_byte_ns)
-    }
-
-    /// Request read → first content-bearing write.
-    pub fn ttft_s(&self) -> Option<f64> {
-        self.first_token_ns.map(|t| Self::secs(self.request_ns, t))
-    }
-
-    /// Request read → last response byte (for a partial record: the last byte seen).
-    pub fn e2e_s(&self) -> f64 {
-        Self::secs(self.request_ns, self.end_ns)
-    }
-
-    /// Gaps between consecutive content-bearing writes.
-    pub fn itl_s(&self) -> impl Iterator<Item = f64> + '_ {
-        self.content_write_ns.windows(2).map(|w| Self::secs(w[0], w[1]))
-    }
-}
-
-/// What went wrong or was skipped; summed over connections by the tracker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ParseCounters {
-    /// Heads that were not HTTP/1.x (garbage, TLS, HTTP/2).
-    pub bad_heads: u64,
-    /// Chunked bodies whose framing was malformed.
-    pub bad_chunks: u64,
-    /// Bodies whose framing was lost because bytes were not captured.
-    pub framing_lost: u64,
-    /// Responses with no request we saw (joined mid-exchange, or a lost read event).
-    pub unmatched_responses: u64,
-    /// Exchanges cut short by the connection closing.
-    pub aborted: u64,
-    /// Events longer than the classifier keeps.
-    pub truncated_events: u64,
-    /// Content-write timestamps beyond `MAX_CONTENT_WRITES` on one request.
-    pub content_writes_dropped: u64,
-    /// Connections switched to something else (101 Switching Protocols) and no longer followed.
-    pub upgraded: u64,
-    /// Responses cut before their stream said it was complete, reported as partial records.
-    pub partial: u64,
-    /// Streams whose terminal event was written but whose framing never finished (the client
-    /// closed after `[DONE]`, as the `openai` SDK does): complete for their user, reported so.
-    pub completed_at_close: u64,
-}
-
 #[derive(Debug)]
 struct PartialRequest {
     head: RequestHead,
+    /// The body's `model` field, scanned as it is read.
+    model: ModelScan,
 }
 
 #[derive(Debug)]
@@ -169,6 +88,7 @@ pub struct Connection {
 #[derive(Debug)]
 struct Pending {
     head: RequestHead,
+    model: Option<String>,
     request_ns: u64,
     read_tid: u32,
 }
@@ -244,8 +164,9 @@ impl Connection {
                         }
                     }
                 }
-                Inbound::Length { remaining, .. } => {
+                Inbound::Length { remaining, req } => {
                     let n = (rest.len() as u64).min(*remaining);
+                    req.model.feed(&rest[..n as usize]);
                     *remaining -= n;
                     rest = &rest[n as usize..];
                     if *remaining == 0 {
@@ -254,7 +175,7 @@ impl Connection {
                         break;
                     }
                 }
-                Inbound::Chunked { dec, .. } => match dec.feed(rest, &mut |_| {}) {
+                Inbound::Chunked { dec, req } => match dec.feed(rest, &mut |body| req.model.feed(body)) {
                     Ok(used) => {
                         rest = &rest[used..];
                         if dec.is_done() {
@@ -279,13 +200,15 @@ impl Connection {
 
     fn skip_inbound(&mut self, ts_ns: u64, gap: u64) {
         match &mut self.inbound {
-            Inbound::Length { remaining, .. } if gap <= *remaining => {
+            Inbound::Length { remaining, req } if gap <= *remaining => {
+                req.model.lose();
                 *remaining -= gap;
                 if *remaining == 0 {
                     self.finish_request(ts_ns);
                 }
             }
-            Inbound::Chunked { dec, .. } => {
+            Inbound::Chunked { dec, req } => {
+                req.model.lose();
                 if dec.skip(gap).is_err() {
                     self.counters.framing_lost += 1;
                     self.inbound = Inbound::Unsynced;
@@ -299,14 +222,14 @@ impl Connection {
     }
 
     fn start_request(&mut self, ts_ns: u64, head: RequestHead) {
-        let req = PartialRequest { head };
+        let req = PartialRequest { head, model: ModelScan::default() };
         self.inbound = if req.head.headers.chunked {
             Inbound::Chunked { req, dec: ChunkDecoder::default() }
         } else {
             match req.head.headers.content_length {
                 Some(n) if n > 0 => Inbound::Length { req, remaining: n },
                 _ => {
-                    self.push_pending(req.head, ts_ns);
+                    self.push_pending(req.head, None, ts_ns);
                     Inbound::Head(HeadBuf::default())
                 }
             }
@@ -316,17 +239,20 @@ impl Connection {
     fn finish_request(&mut self, ts_ns: u64) {
         let inbound = std::mem::replace(&mut self.inbound, Inbound::Head(HeadBuf::default()));
         match inbound {
-            Inbound::Length { req, .. } | Inbound::Chunked { req, .. } => self.push_pending(req.head, ts_ns),
+            Inbound::Length { mut req, .. } | Inbound::Chunked { mut req, .. } => {
+                let model = req.model.take();
+                self.push_pending(req.head, model, ts_ns)
+            }
             other => self.inbound = other,
         }
     }
 
-    fn push_pending(&mut self, head: RequestHead, request_ns: u64) {
+    fn push_pending(&mut self, head: RequestHead, model: Option<String>, request_ns: u64) {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
             self.counters.aborted += 1;
         }
-        self.pending.push_back(Pending { head, request_ns, read_tid: self.current_tid });
+        self.pending.push_back(Pending { head, model, request_ns, read_tid: self.current_tid });
     }
 
     /// The server wrote `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
@@ -490,6 +416,7 @@ impl Connection {
             read_tid: req.read_tid,
             write_tid: self.current_tid,
             partial: None,
+            model: req.model,
         };
         let done = matches!(framing, Framing::Length(0));
         self.outbound = Outbound::Body(Box::new(Exchange {
@@ -519,6 +446,9 @@ impl Connection {
         if let Some(json) = &ex.json {
             if let Some(t) = classify(json).tokens {
                 ex.record.tokens = Some(t);
+            }
+            if ex.record.model.is_none() {
+                ex.record.model = ModelScan::of(json);
             }
         }
         if let Some(ev) = &ex.events {
@@ -565,6 +495,11 @@ struct EventSeen<'a> {
 
 impl EventSeen<'_> {
     fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
+        if self.record.model.is_none() && self.record.chunks == 0 {
+            // The response's first events (up to the first content one) name the model on
+            // OpenAI-compatible servers and Ollama, when the request body did not show it.
+            self.record.model = ModelScan::of(data);
+        }
         let c = classify(data);
         if c.content {
             self.record.chunks += 1;
