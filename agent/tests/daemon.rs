@@ -344,7 +344,9 @@ fn prometheus_scrapes_and_every_dashboard_query_has_data() {
 
 /// One POST with a JSON body naming `model`; reads the whole (closed) response.
 fn post_model(port: u16, model: &str) {
-    let body = format!(r#"{{"messages":[{{"role":"user","content":"private prompt text"}}],"model":"{model}","stream":true}}"#);
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"private prompt text"}}],"model":"{model}","stream":true}}"#
+    );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -391,5 +393,13 @@ cmdline = ["*sse_server.py*"]
         "the latency series carry the model too"
     );
     assert!(!m.contains("private prompt"), "no request text is exported");
+    // The agent's own series, and no empty labels outside Kubernetes.
+    assert!(
+        m.lines().any(|l| l.starts_with("inferscope_build_info{") && l.contains("capture_mode=") && l.ends_with(" 1")),
+        "{m}"
+    );
+    assert!(metric(&m, "process_resident_memory_bytes", &[]) > 1e6, "{m}");
+    assert!(m.contains("process_cpu_seconds_total "));
+    assert!(!m.contains("=\"\""), "no empty label: {m}");
     d.stop();
 }

@@ -441,12 +441,28 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            log::warn!("encoding metrics: {e}");
-        }
-        buf
+        encode(&self.registry)
     }
+}
+
+/// The text exposition format of `registry`, without empty labels. A `prometheus` vector has
+/// one fixed label set per family, so a host process's series carry `namespace`, `pod` (and
+/// `container` outside a container) as `""`; Prometheus treats an empty label as absent, so
+/// leaving them out here changes no series' identity and keeps `container="",pod=""` out of
+/// the output outside Kubernetes.
+pub fn encode(registry: &Registry) -> Vec<u8> {
+    let mut families = registry.gather();
+    for f in &mut families {
+        for m in f.mut_metric() {
+            let labels: Vec<_> = m.take_label().into_iter().filter(|l| !l.value().is_empty()).collect();
+            m.set_label(labels);
+        }
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        log::warn!("encoding metrics: {e}");
+    }
+    buf
 }
 
 #[cfg(test)]
@@ -496,10 +512,10 @@ mod tests {
         m.observe_request(&labels("llama"), &rec("/v1/chat/completions"));
         let text = String::from_utf8(m.encode()).unwrap();
         for line in [
-            "inferscope_time_to_first_token_seconds_sum{container=\"\",model=\"unknown\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 0.01",
-            "inferscope_inter_token_latency_seconds_count{container=\"\",model=\"unknown\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 2",
-            "inferscope_requests_total{container=\"\",model=\"unknown\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\",status=\"2xx\"} 1",
-            "inferscope_stream_tokens_total{container=\"\",model=\"unknown\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
+            "inferscope_time_to_first_token_seconds_sum{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 0.01",
+            "inferscope_inter_token_latency_seconds_count{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 2",
+            "inferscope_requests_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\",status=\"2xx\"} 1",
+            "inferscope_stream_tokens_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
@@ -564,6 +580,13 @@ mod tests {
         assert_eq!(count("unknown"), Some(1), "no model named takes no slot of the cap");
         assert_eq!(m.models_folded.get(), 1);
         assert!(text.contains("inferscope_models_folded_total 1"), "{text}");
+        assert!(!text.contains("=\"\""), "no empty label is exported: {text}");
+        let mut k = labels("llm");
+        (k.namespace, k.pod, k.container) = ("serving".into(), "llm-0".into(), "server".into());
+        m.observe_request(&k, &rec("/v1/chat/completions"));
+        let text = String::from_utf8(m.encode()).unwrap();
+        let full = "inferscope_requests_total{container=\"server\",model=\"unknown\",namespace=\"serving\",pod=\"llm-0\",route=\"/v1/chat/completions\",service=\"llm\",status=\"2xx\"} 1";
+        assert!(text.contains(full), "labels that have values are all there: {text}");
         // Another target has its own cap.
         let mut r = rec("/v1/chat/completions");
         r.model = Some("gamma".into());

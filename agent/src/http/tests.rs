@@ -256,8 +256,11 @@ const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n
 
 #[test]
 fn model_from_the_request_body_at_every_split() {
-    let req = model_request(r#"{"messages":[{"role":"user","content":"say \"model\""}],"model":"llama-3.1-8b","stream":true}"#);
-    let resp = [SSE_HEAD, b"data: {\"model\":\"served-name\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"].concat();
+    let req = model_request(
+        r#"{"messages":[{"role":"user","content":"say \"model\""}],"model":"llama-3.1-8b","stream":true}"#,
+    );
+    let resp =
+        [SSE_HEAD, b"data: {\"model\":\"served-name\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"].concat();
     for k in 1..req.len() {
         let mut c = Connection::new(true);
         let mut out = Vec::new();
