@@ -2,7 +2,9 @@
 
 - deploy/config/config.toml: TOML, only the keys the agent knows, the right types.
 - The Helm chart: `helm lint --strict`, then rendered (Helm's own Go engine, through
-  helm-python-sdk) with several value sets; every rendered object and every object in
+  helm-python-sdk) with several value sets, with and without the Prometheus Operator's API
+  (`--api-versions monitoring.coreos.com/v1`: monitors are on only where it exists or when
+  asked); every rendered object and every object in
   deploy/manifests/*.yaml is validated offline and strictly (unknown fields are errors):
   Kubernetes kinds against the OpenAPI-derived schemas bundled in kubernetes-validate, for the
   oldest and the newest Kubernetes version it bundles; PodMonitor/ServiceMonitor against
@@ -11,7 +13,7 @@
 - The config.toml in the chart's ConfigMap and in deploy/manifests/03-configmap.yaml is
   byte-identical to deploy/config/config.toml.
 - deploy/manifests/ is the chart rendered with default values (release and namespace
-  "inferscope"), up to labels and annotations.
+  "inferscope") on a cluster with the Operator's API, up to labels and annotations.
 
 One line per file checked; exit status 1 on any failure.
 `--sync` rewrites the config copy in deploy/manifests/03-configmap.yaml first.
@@ -33,6 +35,7 @@ import jsonschema
 import yaml
 
 import helm_python as helm
+from helm_python import _native as helm_native
 import kubernetes_validate
 import kubernetes_validate.utils as kv_utils
 
@@ -56,6 +59,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "reconcile_seconds": (int, float),
     "max_series": int,
     "max_targets": int,
+    "max_models_per_target": int,
     "ring_buffer_bytes": int,
     "gpu_sample_hz": (int, float),
     "nvml_library": str,
@@ -70,6 +74,7 @@ TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "rule": list,
 }
 OPTIONAL_KEYS = {
+    "max_models_per_target",
     "nvml_library",
     "series_grace_seconds",
     "kubernetes",
@@ -156,10 +161,23 @@ def quiet_stderr() -> Iterator[list[str]]:
             captured.append(tmp.read().decode(errors="replace"))
 
 
-def render(values: dict[str, Any], name: str = "inferscope", namespace: str = "inferscope") -> dict[str, str]:
+# What `helm template --api-versions monitoring.coreos.com/v1` tells the chart: a cluster with the
+# Prometheus Operator's API.
+OPERATOR_API = ["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonitor", "monitoring.coreos.com/v1/ServiceMonitor"]
+
+
+def render(
+    values: dict[str, Any], name: str = "inferscope", namespace: str = "inferscope", api_versions: list[str] | None = None
+) -> dict[str, str]:
+    """Renders offline; `api_versions` are the extra APIs the cluster serves (Helm's
+    `--api-versions`, passed to the SDK's render options, which its Python wrapper leaves out)."""
     with quiet_stderr():
         with helm.Chart.load(CHART) as chart:
-            return chart.render(values, name=name, namespace=namespace, is_install=True)
+            if not api_versions:
+                return chart.render(values, name=name, namespace=namespace, is_install=True)
+            opts = {"name": name, "namespace": namespace, "is_install": True, "api_versions": api_versions}
+            out = helm_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
+            return json.loads(out)
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -313,17 +331,39 @@ def lint() -> None:
         ok(what, "no warnings or errors" + (f" (info: {'; '.join(infos)})" if infos else ""))
 
 
-SCENARIOS: list[tuple[str, str, set[str], set[str]]] = [
-    # (name, --set string, expected kinds present, kinds absent)
-    ("defaults", "", {"PodMonitor", "Service", "DaemonSet"}, {"ServiceMonitor"}),
-    ("servicemonitor", "podMonitor.enabled=false,serviceMonitor.enabled=true", {"ServiceMonitor", "Service"}, {"PodMonitor"}),
+SCENARIOS: list[tuple[str, str, bool, set[str], set[str]]] = [
+    # (name, --set string, cluster serves the Operator's API, expected kinds present, kinds absent)
+    ("defaults", "", True, {"PodMonitor", "Service", "DaemonSet", "ConfigMap"}, {"ServiceMonitor"}),
+    ("defaults, no operator API", "", False, {"Service", "DaemonSet"}, {"PodMonitor", "ServiceMonitor"}),
+    ("podmonitor asked, no operator API", "podMonitor.enabled=true", False, {"PodMonitor"}, {"ServiceMonitor"}),
+    ("monitors off", "podMonitor.enabled=false", True, {"DaemonSet"}, {"PodMonitor", "ServiceMonitor"}),
+    (
+        "servicemonitor",
+        "podMonitor.enabled=false,serviceMonitor.enabled=true",
+        False,
+        {"ServiceMonitor", "Service"},
+        {"PodMonitor"},
+    ),
     (
         "privileged+nvidia",
         "securityContext.privileged=true,securityContext.extraCapabilities={SYS_ADMIN},nvidia.enabled=true,"
         "nvidia.runtimeClassName=nvidia,priorityClassName=system-node-critical,hostMounts.debugfs=true,"
         "podMonitor.labels.release=kube-prometheus-stack,podMonitor.scrapeTimeout=10s",
+        True,
         {"PodMonitor", "DaemonSet"},
         set(),
+    ),
+    (
+        "extras",
+        "existingConfigMap=my-config,extraArgs={--verbose},image.digest=sha256:"
+        + "0" * 64
+        + ",extraVolumes[0].name=token,extraVolumes[0].secret.secretName=scrape-token,"
+        "extraVolumeMounts[0].name=token,extraVolumeMounts[0].mountPath=/var/run/token,"
+        "podMonitor.relabelings[0].targetLabel=cluster,podMonitor.relabelings[0].replacement=prod,"
+        "podMonitor.metricRelabelings[0].action=drop,podMonitor.metricRelabelings[0].regex=process_.*",
+        True,
+        {"PodMonitor", "DaemonSet"},
+        {"ConfigMap"},
     ),
 ]
 
@@ -335,11 +375,12 @@ def daemonset(docs: list[dict]) -> dict | None:
 def check_chart(raw: bytes) -> list[dict]:
     lint()
     default_docs: list[dict] = []
-    for name, sets, present, absent in SCENARIOS:
+    for name, sets, operator_api, present, absent in SCENARIOS:
         values = helm.parse_set_string(sets) if sets else {}
         label = f"chart[{name}]" + (f" --set {sets}" if sets else "")
+        label += " --api-versions monitoring.coreos.com/v1" if operator_api else ""
         try:
-            out = render(values)
+            out = render(values, api_versions=OPERATOR_API if operator_api else None)
         except helm.HelmError as e:
             fail(label, f"render failed: {e}")
             continue
@@ -373,6 +414,24 @@ def check_chart(raw: bytes) -> list[dict]:
                 problems.append("NVIDIA env missing")
             if problems:
                 fail("  DaemonSet (privileged+nvidia)", "; ".join(problems))
+        if name == "extras" and daemonset(docs_all):
+            spec = daemonset(docs_all)["spec"]["template"]["spec"]
+            c = spec["containers"][0]
+            pm = next(d for d in docs_all if d["kind"] == "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+            problems = []
+            if c["args"][-1] != "--verbose":
+                problems.append(f"extraArgs not appended: {c['args']}")
+            if not c["image"].endswith("@sha256:" + "0" * 64):
+                problems.append(f"image digest not used: {c['image']}")
+            if {"name": "token", "mountPath": "/var/run/token"} not in c["volumeMounts"]:
+                problems.append("extraVolumeMounts missing")
+            vols = {v["name"]: v for v in spec["volumes"]}
+            if "token" not in vols or vols["config"]["configMap"]["name"] != "my-config":
+                problems.append("extraVolumes or existingConfigMap not applied")
+            if len(pm["relabelings"]) != 2 or pm.get("metricRelabelings", [{}])[0].get("action") != "drop":
+                problems.append("monitor relabelings not appended")
+            if problems:
+                fail("  DaemonSet/PodMonitor (extras)", "; ".join(problems))
     # A ServiceMonitor without its Service must not render.
     try:
         render(helm.parse_set_string("serviceMonitor.enabled=true,service.enabled=false"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline validation of deploy/: renders the Helm chart with Helm's own engine and validates
 # every rendered object and every file in deploy/manifests/ against the Kubernetes schemas,
-# strictly (unknown fields are errors); PodMonitor/ServiceMonitor against deploy/schemas/.
+# strictly (unknown fields are errors); PodMonitor/ServiceMonitor against deploy/schemas/. The chart
+# is rendered with and without the Prometheus Operator's API (helm's --api-versions).
 # Checks that the config.toml in both ConfigMaps is byte-identical to deploy/config/config.toml.
 #
 #   bash deploy/validate.sh          # check; exit status 1 on any failure

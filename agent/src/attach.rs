@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::io::unix::AsyncFd;
 
+use crate::http::model::ModelCap;
 use crate::http::RequestRecord;
 use crate::ingest::{Ingest, Sink};
 use crate::procfs;
@@ -24,6 +25,8 @@ pub struct AttachOptions {
     pub ring_bytes: u32,
     /// Finished requests kept for the report; later ones are counted, not kept.
     pub max_requests: usize,
+    /// Distinct model names kept as labels; later ones are reported as `other`.
+    pub max_models: usize,
     pub poll_interval: Duration,
     /// Print the live one-line status to stderr.
     pub status: bool,
@@ -52,6 +55,7 @@ impl Default for AttachOptions {
             duration: None,
             ring_bytes: agent_common::DEFAULT_RING_BYTES,
             max_requests: 100_000,
+            max_models: crate::http::model::DEFAULT_MAX_MODELS,
             poll_interval: Duration::from_millis(10),
             status: true,
             stages: Vec::new(),
@@ -71,10 +75,31 @@ struct Collect {
     not_kept: u64,
     max: usize,
     stages: StageCollector,
+    /// The model label is capped as in the daemon: later names are `other`, counted.
+    models: ModelCap,
+    models_folded: u64,
+}
+
+impl Collect {
+    fn new(max: usize, max_models: usize) -> Self {
+        Self {
+            kept: Vec::new(),
+            not_kept: 0,
+            max,
+            stages: StageCollector::default(),
+            models: ModelCap::new(max_models),
+            models_folded: 0,
+        }
+    }
 }
 
 impl Sink for Collect {
-    fn request(&mut self, f: Finished) {
+    fn request(&mut self, mut f: Finished) {
+        if f.record.model.is_some() {
+            let (label, folded) = self.models.label(f.record.model.as_deref());
+            self.models_folded += u64::from(folded);
+            f.record.model = Some(label);
+        }
         if self.kept.len() < self.max {
             self.kept.push(f.record);
         } else {
@@ -149,7 +174,7 @@ impl Run {
         // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
         let gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
         let mut run = Self {
-            sink: Collect { kept: Vec::new(), not_kept: 0, max: opts.max_requests, stages: StageCollector::default() },
+            sink: Collect::new(opts.max_requests, opts.max_models),
             opts,
             target,
             ingest,
@@ -365,7 +390,7 @@ impl Run {
             workers,
             ..
         } = self;
-        let mut discard = Collect { kept: Vec::new(), not_kept: 0, max: 0, stages: Default::default() };
+        let mut discard = Collect::new(0, 0);
         for pid in workers.iter().chain([&opts.pid]) {
             ingest.unfollow(*pid, reason, &mut discard);
         }
@@ -373,7 +398,7 @@ impl Run {
         let (events, parse) = (ingest.tracker.events, ingest.tracker.parse_counters());
         drop(ingest); // detaches every program
 
-        let Collect { mut kept, not_kept, stages: collector, .. } = sink;
+        let Collect { mut kept, not_kept, stages: collector, models_folded, .. } = sink;
         kept.sort_by_key(|r| r.request_ns);
         if !opts.raw_paths {
             for r in &mut kept {
@@ -411,6 +436,7 @@ impl Run {
             target,
             requests: kept,
             requests_not_kept: not_kept,
+            models_folded,
             duration_s,
             events,
             kernel,

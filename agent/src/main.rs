@@ -47,6 +47,10 @@ enum Command {
         /// Finished requests kept for the report (later ones are counted only).
         #[arg(long, default_value_t = 100_000)]
         max_requests: usize,
+        /// Distinct models named in the report (from each request's JSON `model`); later
+        /// ones are reported as `other`.
+        #[arg(long, default_value_t = inferscope::http::model::DEFAULT_MAX_MODELS)]
+        max_models: usize,
         /// Rows in the terminal waterfall.
         #[arg(long, default_value_t = 30)]
         waterfall_rows: usize,
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             ring_buffer_bytes,
             max_requests,
+            max_models,
             waterfall_rows,
             quiet,
             stages,
@@ -167,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 duration: duration.map(Duration::from_secs_f64),
                 ring_bytes: ring_buffer_bytes,
                 max_requests,
+                max_models,
                 status: !quiet,
                 stages: inferscope::stages::collect(&stage_sets, &profiles, &stages)?,
                 sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),

@@ -427,3 +427,65 @@ fn a_stream_without_an_end_is_counted_partial_after_the_idle_timeout() {
     );
     client.join().unwrap();
 }
+
+/// One POST with a JSON body naming `model`; reads the whole (closed) response.
+fn post_model(port: u16, model: &str) {
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"private prompt text"}}],"model":"{model}","stream":true}}"#
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions?tokens=3&interval_ms=1&prefill_ms=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[test]
+fn model_label_from_the_request_body_capped_per_target() {
+    let _serial = require_root();
+    let dir = scratch_dir("daemon-models");
+    let cfg = r#"
+max_models_per_target = 2
+[[rule]]
+name = "py-sse"
+comm = ["python3"]
+cmdline = ["*sse_server.py*"]
+"#;
+    let mut d = Daemon::start(&dir, cfg, &[]);
+    d.wait_ready();
+    let (_py, port) = python_server(&dir, 1);
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) == 1.0);
+    for (model, n) in [("llama-3.1-8b", 3), ("org/qwen2:7b", 2), ("third-model", 2)] {
+        for _ in 0..n {
+            post_model(port, model);
+        }
+    }
+    let m = d.wait_for("7 requests", |m| metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 7.0);
+    let by = |model: &str| metric(&m, "inferscope_requests_total", &[("model", model)]);
+    assert_eq!(by("llama-3.1-8b"), 3.0, "{m}");
+    assert_eq!(by("org/qwen2:7b"), 2.0);
+    assert_eq!(by("other"), 2.0, "the third model is past max_models_per_target = 2");
+    assert!(!m.contains("third-model"), "a folded name is never exported");
+    assert_eq!(metric(&m, "inferscope_models_folded_total", &[]), 2.0);
+    assert_eq!(
+        metric(&m, "inferscope_time_to_first_token_seconds_count", &[("model", "llama-3.1-8b")]),
+        3.0,
+        "the latency series carry the model too"
+    );
+    assert!(!m.contains("private prompt"), "no request text is exported");
+    // The agent's own series, and no empty labels outside Kubernetes.
+    assert!(
+        m.lines().any(|l| l.starts_with("inferscope_build_info{") && l.contains("capture_mode=") && l.ends_with(" 1")),
+        "{m}"
+    );
+    assert!(metric(&m, "process_resident_memory_bytes", &[]) > 1e6, "{m}");
+    assert!(m.contains("process_cpu_seconds_total "));
+    assert!(!m.contains("=\"\""), "no empty label: {m}");
+    d.stop();
+}

@@ -16,6 +16,9 @@ pub struct Config {
     pub reconcile_seconds: f64,
     /// Hard cap on exported series (all families together); refusals are counted.
     pub max_series: usize,
+    /// Distinct `model` label values per target label set; later models are exported as
+    /// `other` and counted in `inferscope_models_folded_total`.
+    pub max_models_per_target: usize,
     /// Processes followed at once.
     pub max_targets: usize,
     pub ring_buffer_bytes: u32,
@@ -53,6 +56,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             reconcile_seconds: 10.0,
             max_series: 10_000,
+            max_models_per_target: crate::http::model::DEFAULT_MAX_MODELS,
             max_targets: 256,
             ring_buffer_bytes: agent_common::DEFAULT_RING_BYTES,
             capture: crate::capture::CaptureChoice::Auto,

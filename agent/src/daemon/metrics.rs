@@ -10,6 +10,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::http::model::{ModelCap, DEFAULT_MAX_MODELS};
 use crate::http::RequestRecord;
 
 /// vLLM's TTFT buckets with finer steps below 1 ms for fast local servers.
@@ -78,6 +79,10 @@ pub struct Metrics {
     pub capture_info: IntGaugeVec,
     /// Requests whose route was folded into `other` by the per-target route cap.
     routes_folded: IntCounter,
+    /// Requests whose model was folded into `other` by the per-target model cap.
+    models_folded: IntCounter,
+    /// Distinct model names kept per target label set (`max_models_per_target`).
+    pub max_models: usize,
     ttft: HistogramVec,
     ttfb: HistogramVec,
     itl: HistogramVec,
@@ -115,6 +120,7 @@ pub struct Metrics {
     owned: HashMap<TargetLabels, HashSet<(&'static str, Vec<String>)>>,
     series: usize,
     routes: HashMap<TargetLabels, HashSet<String>>,
+    models: HashMap<TargetLabels, ModelCap>,
     /// Label sets with no live process since this instant.
     orphaned: HashMap<TargetLabels, Instant>,
 }
@@ -160,7 +166,7 @@ impl Metrics {
             registry.register(Box::new(v.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
             v
         };
-        let route = with(&["route"]);
+        let route = with(&["route", "model"]);
         let device = ["gpu", "uuid", "model_name"];
         let process = ["gpu", "service", "namespace", "pod", "container"];
         let gpu_device = [
@@ -208,7 +214,7 @@ impl Metrics {
                 E2E_BUCKETS,
                 &route,
             ),
-            requests: c("inferscope_requests_total", "Finished HTTP exchanges", &with(&["route", "status"])),
+            requests: c("inferscope_requests_total", "Finished HTTP exchanges", &with(&["route", "model", "status"])),
             in_flight: {
                 let v =
                     IntGaugeVec::new(Opts::new("inferscope_requests_in_flight", "Requests not finished yet"), &TARGET)
@@ -238,6 +244,11 @@ impl Metrics {
                 "inferscope_routes_folded_total",
                 "Requests labelled route=\"other\" because their target already has MAX_ROUTES_PER_TARGET routes",
             ),
+            models_folded: ic(
+                "inferscope_models_folded_total",
+                "Requests labelled model=\"other\" because their target already has max_models_per_target models",
+            ),
+            max_models: DEFAULT_MAX_MODELS,
             capture_info: {
                 let v = IntGaugeVec::new(
                     Opts::new(
@@ -271,6 +282,7 @@ impl Metrics {
             owned: HashMap::new(),
             series: 0,
             routes: HashMap::new(),
+            models: HashMap::new(),
             orphaned: HashMap::new(),
         }
     }
@@ -303,14 +315,24 @@ impl Metrics {
         }
     }
 
+    fn model_for(&mut self, t: &TargetLabels, model: Option<&str>) -> String {
+        let max = self.max_models;
+        let (label, folded) = self.models.entry(t.clone()).or_insert_with(|| ModelCap::new(max)).label(model);
+        if folded {
+            self.models_folded.inc();
+        }
+        label
+    }
+
     /// One finished exchange of a process with labels `t`.
     pub fn observe_request(&mut self, t: &TargetLabels, r: &RequestRecord) {
         let route = self.route_for(t, &r.path);
+        let model = self.model_for(t, r.model.as_deref());
         let [s, n, p, c] = t.values();
-        let rl = [s, n, p, c, route.as_str()];
+        let rl = [s, n, p, c, route.as_str(), model.as_str()];
         let status = status_class(r.status);
-        if self.admit("requests", t, &[s, n, p, c, &route, status]) {
-            self.requests.with_label_values(&[s, n, p, c, &route, status]).inc();
+        if self.admit("requests", t, &[s, n, p, c, &route, &model, status]) {
+            self.requests.with_label_values(&[s, n, p, c, &route, &model, status]).inc();
         }
         if r.first_byte_ns > 0 && self.admit("ttfb", t, &rl) {
             self.ttfb.with_label_values(&rl).observe(r.ttfb_s());
@@ -389,6 +411,7 @@ impl Metrics {
         for t in &expired {
             self.orphaned.remove(t);
             self.routes.remove(t);
+            self.models.remove(t);
             for (family, labels) in self.owned.remove(t).unwrap_or_default() {
                 let values: Vec<&str> = labels.iter().map(String::as_str).collect();
                 let _ = match family {
@@ -418,12 +441,28 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> Vec<u8> {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            log::warn!("encoding metrics: {e}");
-        }
-        buf
+        encode(&self.registry)
     }
+}
+
+/// The text exposition format of `registry`, without empty labels. A `prometheus` vector has
+/// one fixed label set per family, so a host process's series carry `namespace`, `pod` (and
+/// `container` outside a container) as `""`; Prometheus treats an empty label as absent, so
+/// leaving them out here changes no series' identity and keeps `container="",pod=""` out of
+/// the output outside Kubernetes.
+pub fn encode(registry: &Registry) -> Vec<u8> {
+    let mut families = registry.gather();
+    for f in &mut families {
+        for m in f.mut_metric() {
+            let labels: Vec<_> = m.take_label().into_iter().filter(|l| !l.value().is_empty()).collect();
+            m.set_label(labels);
+        }
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        log::warn!("encoding metrics: {e}");
+    }
+    buf
 }
 
 #[cfg(test)]
@@ -447,6 +486,7 @@ mod tests {
             read_tid: 1,
             write_tid: 1,
             partial: None,
+            model: None,
         }
     }
 
@@ -472,10 +512,10 @@ mod tests {
         m.observe_request(&labels("llama"), &rec("/v1/chat/completions"));
         let text = String::from_utf8(m.encode()).unwrap();
         for line in [
-            "inferscope_time_to_first_token_seconds_sum{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 0.01",
-            "inferscope_inter_token_latency_seconds_count{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 2",
-            "inferscope_requests_total{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\",status=\"2xx\"} 1",
-            "inferscope_stream_tokens_total{container=\"\",namespace=\"\",pod=\"\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
+            "inferscope_time_to_first_token_seconds_sum{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 0.01",
+            "inferscope_inter_token_latency_seconds_count{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 2",
+            "inferscope_requests_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\",status=\"2xx\"} 1",
+            "inferscope_stream_tokens_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
@@ -513,5 +553,44 @@ mod tests {
         m.sweep(now + Duration::from_secs(5), Duration::from_secs(1));
         assert_eq!(m.series(), used, "only the live label set keeps its series");
         assert!(String::from_utf8(m.encode()).unwrap().contains("service=\"a\""));
+    }
+
+    #[test]
+    fn model_label_with_a_cap_per_target() {
+        let mut m = Metrics::new(10_000);
+        m.max_models = 2;
+        let t = labels("llm");
+        for (model, n) in [(Some("alpha"), 3), (Some("beta"), 2), (Some("gamma"), 1), (None, 1)] {
+            let mut r = rec("/v1/chat/completions");
+            r.model = model.map(String::from);
+            for _ in 0..n {
+                m.observe_request(&t, &r);
+            }
+        }
+        let text = String::from_utf8(m.encode()).unwrap();
+        let count = |model: &str| {
+            text.lines()
+                .find(|l| l.starts_with("inferscope_requests_total{") && l.contains(&format!("model=\"{model}\"")))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        };
+        assert_eq!(count("alpha"), Some(3));
+        assert_eq!(count("beta"), Some(2));
+        assert_eq!(count("gamma"), None, "past the cap of 2");
+        assert_eq!(count("other"), Some(1));
+        assert_eq!(count("unknown"), Some(1), "no model named takes no slot of the cap");
+        assert_eq!(m.models_folded.get(), 1);
+        assert!(text.contains("inferscope_models_folded_total 1"), "{text}");
+        assert!(!text.contains("=\"\""), "no empty label is exported: {text}");
+        let mut k = labels("llm");
+        (k.namespace, k.pod, k.container) = ("serving".into(), "llm-0".into(), "server".into());
+        m.observe_request(&k, &rec("/v1/chat/completions"));
+        let text = String::from_utf8(m.encode()).unwrap();
+        let full = "inferscope_requests_total{container=\"server\",model=\"unknown\",namespace=\"serving\",pod=\"llm-0\",route=\"/v1/chat/completions\",service=\"llm\",status=\"2xx\"} 1";
+        assert!(text.contains(full), "labels that have values are all there: {text}");
+        // Another target has its own cap.
+        let mut r = rec("/v1/chat/completions");
+        r.model = Some("gamma".into());
+        m.observe_request(&labels("other-svc"), &r);
+        assert_eq!(m.models_folded.get(), 1);
     }
 }

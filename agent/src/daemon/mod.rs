@@ -24,6 +24,7 @@ mod health;
 pub mod kube;
 mod labels;
 pub mod metrics;
+mod process;
 pub mod server;
 mod targets;
 mod uprobes;
@@ -62,7 +63,11 @@ pub struct Daemon {
 impl Daemon {
     fn new(cfg: Config, ingest: Ingest) -> Self {
         Self {
-            metrics: Metrics::new(cfg.max_series),
+            metrics: {
+                let mut m = Metrics::new(cfg.max_series);
+                m.max_models = cfg.max_models_per_target;
+                m
+            },
             targets: Targets::new(cfg.max_targets),
             cfg,
             ingest,
@@ -214,6 +219,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let ingest = Ingest::load(cfg.ring_buffer_bytes, cfg.capture)?;
     let mut daemon = Daemon::new(cfg, ingest);
     daemon.metrics.capture_info.with_label_values(&[daemon.ingest.probes.mode.name()]).set(1);
+    process::register_build_info(&daemon.metrics.registry, daemon.ingest.probes.mode.name());
+    if let Err(e) = daemon.metrics.registry.register(Box::new(process::ProcessCollector::new())) {
+        log::warn!("process_* metrics: {e}");
+    }
     let shared = Arc::new(Shared {
         registry: daemon.metrics.registry.clone(),
         ready: false.into(),

@@ -492,11 +492,7 @@ async fn route(head: &str, ep: &Endpoint) -> (u16, &'static str, Vec<u8>) {
         return (401, "text/plain", b"this endpoint wants Authorization: Bearer TOKEN\n".to_vec());
     }
     match path {
-        "/metrics" => {
-            let mut buf = Vec::new();
-            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &shared.registry.gather(), &mut buf);
-            (200, "text/plain; version=0.0.4", buf)
-        }
+        "/metrics" => (200, "text/plain; version=0.0.4", super::metrics::encode(&shared.registry)),
         "/healthz" => {
             let age = now_ms().saturating_sub(shared.last_tick_ms.load(Ordering::Relaxed));
             if age < 10_000 {

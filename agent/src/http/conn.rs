@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use super::chunked::ChunkDecoder;
 use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
 use super::head::{self, HeadBuf, RequestHead};
+use super::model::ModelScan;
 use super::payload::classify;
 pub use super::record::{ParseCounters, RequestRecord};
 
@@ -18,6 +19,8 @@ pub const MAX_CONTENT_WRITES: usize = 1 << 16;
 #[derive(Debug)]
 struct PartialRequest {
     head: RequestHead,
+    /// The body's `model` field, scanned as it is read.
+    model: ModelScan,
 }
 
 #[derive(Debug)]
@@ -89,6 +92,7 @@ pub struct Connection {
 #[derive(Debug)]
 struct Pending {
     head: RequestHead,
+    model: Option<String>,
     request_ns: u64,
     read_tid: u32,
 }
@@ -166,8 +170,9 @@ impl Connection {
                         }
                     }
                 }
-                Inbound::Length { remaining, .. } => {
+                Inbound::Length { remaining, req } => {
                     let n = (rest.len() as u64).min(*remaining);
+                    req.model.feed(&rest[..n as usize]);
                     *remaining -= n;
                     rest = &rest[n as usize..];
                     if *remaining == 0 {
@@ -176,7 +181,7 @@ impl Connection {
                         break;
                     }
                 }
-                Inbound::Chunked { dec, .. } => match dec.feed(rest, &mut |_| {}) {
+                Inbound::Chunked { dec, req } => match dec.feed(rest, &mut |body| req.model.feed(body)) {
                     Ok(used) => {
                         rest = &rest[used..];
                         if dec.is_done() {
@@ -201,13 +206,15 @@ impl Connection {
 
     fn skip_inbound(&mut self, ts_ns: u64, gap: u64) {
         match &mut self.inbound {
-            Inbound::Length { remaining, .. } if gap <= *remaining => {
+            Inbound::Length { remaining, req } if gap <= *remaining => {
+                req.model.lose();
                 *remaining -= gap;
                 if *remaining == 0 {
                     self.finish_request(ts_ns);
                 }
             }
-            Inbound::Chunked { dec, .. } => {
+            Inbound::Chunked { dec, req } => {
+                req.model.lose();
                 if dec.skip(gap).is_err() {
                     self.counters.framing_lost += 1;
                     self.inbound = Inbound::Unsynced;
@@ -221,14 +228,14 @@ impl Connection {
     }
 
     fn start_request(&mut self, ts_ns: u64, head: RequestHead) {
-        let req = PartialRequest { head };
+        let req = PartialRequest { head, model: ModelScan::default() };
         self.inbound = if req.head.headers.chunked {
             Inbound::Chunked { req, dec: ChunkDecoder::default() }
         } else {
             match req.head.headers.content_length {
                 Some(n) if n > 0 => Inbound::Length { req, remaining: n },
                 _ => {
-                    self.push_pending(req.head, ts_ns);
+                    self.push_pending(req.head, None, ts_ns);
                     Inbound::Head(HeadBuf::default())
                 }
             }
@@ -238,7 +245,10 @@ impl Connection {
     fn finish_request(&mut self, ts_ns: u64) {
         let inbound = std::mem::replace(&mut self.inbound, Inbound::Head(HeadBuf::default()));
         match inbound {
-            Inbound::Length { req, .. } | Inbound::Chunked { req, .. } => self.push_pending(req.head, ts_ns),
+            Inbound::Length { mut req, .. } | Inbound::Chunked { mut req, .. } => {
+                let model = req.model.take();
+                self.push_pending(req.head, model, ts_ns)
+            }
             other => self.inbound = other,
         }
     }
@@ -246,13 +256,13 @@ impl Connection {
     /// A request read in full. Beyond `MAX_PENDING` unanswered ones (and while any such is
     /// unanswered) requests are counted, not kept, so the responses still line up: the ones
     /// kept are answered first (HTTP/1.1 answers in order), then the skipped ones.
-    fn push_pending(&mut self, head: RequestHead, request_ns: u64) {
+    fn push_pending(&mut self, head: RequestHead, model: Option<String>, request_ns: u64) {
         if self.overflow > 0 || self.pending.len() >= MAX_PENDING {
             self.overflow += 1;
             self.counters.pipeline_overflow += 1;
             return;
         }
-        self.pending.push_back(Pending { head, request_ns, read_tid: self.current_tid });
+        self.pending.push_back(Pending { head, model, request_ns, read_tid: self.current_tid });
     }
 
     /// The server wrote `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
@@ -422,6 +432,7 @@ impl Connection {
             read_tid: req.read_tid,
             write_tid: self.current_tid,
             partial: None,
+            model: req.model,
         };
         let done = matches!(framing, Framing::Length(0));
         self.outbound = Outbound::Body(Box::new(Exchange {
@@ -451,6 +462,9 @@ impl Connection {
         if let Some(json) = &ex.json {
             if let Some(t) = classify(json).tokens {
                 ex.record.tokens = Some(t);
+            }
+            if ex.record.model.is_none() {
+                ex.record.model = ModelScan::of(json);
             }
         }
         if let Some(ev) = &ex.events {
@@ -498,6 +512,11 @@ struct EventSeen<'a> {
 
 impl EventSeen<'_> {
     fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
+        if self.record.model.is_none() && self.record.chunks == 0 {
+            // The response's first events (up to the first content one) name the model on
+            // OpenAI-compatible servers and Ollama, when the request body did not show it.
+            self.record.model = ModelScan::of(data);
+        }
         let c = classify(data);
         if c.content {
             self.record.chunks += 1;

@@ -2,12 +2,13 @@
 //!
 //! Read order: [`head`] (start line + headers) → [`chunked`] (transfer decoding) → [`events`]
 //! (SSE / NDJSON event boundaries) → [`payload`] (is this event generated content? does it state
-//! a token count?) → [`conn`] (one connection's state machine, producing [`RequestRecord`]s).
+//! a token count?), [`model`] (the `model` a request names) → [`conn`] (one connection's state machine, producing [`RequestRecord`]s).
 
 pub mod chunked;
 pub mod conn;
 pub mod events;
 pub mod head;
+pub mod model;
 pub mod payload;
 pub mod record;
 pub mod route;

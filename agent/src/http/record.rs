@@ -27,6 +27,9 @@ pub struct RequestRecord {
     /// (stage calls on these threads belong to this request).
     pub read_tid: u32,
     pub write_tid: u32,
+    /// The model asked for: the request body's top-level `"model"` (sanitized, bounded), else
+    /// the response's first event's or JSON body's `"model"`; `None` when neither was seen.
+    pub model: Option<String>,
     /// Set when the exchange did not end as its framing says and its stream never said it was
     /// complete: what was measured is kept, with the reason (`e2e` is then not a figure).
     pub partial: Option<&'static str>,

@@ -271,3 +271,66 @@ fn a_64k_sse_line_beyond_the_capture_still_gives_its_first_token() {
     assert_eq!((out[0].first_token_ns, out[0].chunks), (Some(3), 1));
     assert_eq!(c.counters.truncated_events, 1, "the cut event is counted as truncated");
 }
+
+fn model_request(body: &str) -> Vec<u8> {
+    format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn model_from_the_request_body_at_every_split() {
+    let req = model_request(
+        r#"{"messages":[{"role":"user","content":"say \"model\""}],"model":"llama-3.1-8b","stream":true}"#,
+    );
+    let resp =
+        [SSE_HEAD, b"data: {\"model\":\"served-name\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n"].concat();
+    for k in 1..req.len() {
+        let mut c = Connection::new(true);
+        let mut out = Vec::new();
+        c.on_read(10, &req[..k], k as u64);
+        c.on_read(20, &req[k..], (req.len() - k) as u64);
+        c.on_write(30, &resp, resp.len() as u64, &mut out);
+        c.end("closed", &mut out);
+        assert_eq!(out.len(), 1, "split {k}");
+        assert_eq!(out[0].model.as_deref(), Some("llama-3.1-8b"), "the request's own field wins, split {k}");
+    }
+    // A chunked request body too.
+    let body = r#"{"model":"qwen2:7b","prompt":"x"}"#;
+    let chunked = format!(
+        "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        &body[..5],
+        body.len() - 5,
+        &body[5..]
+    );
+    let recs = run(&[(10, chunked.as_bytes())], &[(30, b"HTTP/1.1 204 No Content\r\n\r\n")]);
+    assert_eq!(recs[0].model.as_deref(), Some("qwen2:7b"));
+}
+
+#[test]
+fn model_falls_back_to_the_response_when_the_body_was_not_captured() {
+    let req = model_request(&format!(r#"{{"messages":[{{"content":"{}"}}],"model":"hidden"}}"#, "p".repeat(5000)));
+    // The kernel captured the head and the body's start only: the field is in the lost tail.
+    let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let captured = &req[..head_end + 100];
+    let resp = [
+        SSE_HEAD,
+        b"data: {\"model\":\"org\\/served-7b\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        b"data: {\"model\":\"later\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+    ]
+    .concat();
+    let mut c = Connection::new(true);
+    let mut out = Vec::new();
+    c.on_read(10, captured, req.len() as u64);
+    c.on_write(30, &resp, resp.len() as u64, &mut out);
+    c.end("closed", &mut out);
+    assert_eq!(out[0].model.as_deref(), Some("org/served-7b"), "the response's first event");
+    // Neither side names it: no model (the `unknown` label).
+    let recs = run(&[(10, REQUEST)], &[(30, b"HTTP/1.1 204 No Content\r\n\r\n")]);
+    assert_eq!(recs[0].model, None);
+    // A non-streaming JSON response names it.
+    let json = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{\"model\":\"m1\",\"choices\":[]}";
+    let recs = run(&[(10, REQUEST)], &[(30, json)]);
+    assert_eq!(recs[0].model.as_deref(), Some("m1"));
+}

@@ -47,6 +47,20 @@ pub struct RequestJson {
     /// is then the time to the last byte seen, not a request duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partial: Option<&'static str>,
+    /// The model the request named (or its response's first events named), sanitized; past
+    /// `--max-models` distinct names, `other`. Absent when neither named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// One row of the per-model summary: requests that named this model (`unknown`: none named).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelSummary {
+    pub model: String,
+    pub requests: usize,
+    pub ttft_s: Distribution,
+    pub itl_s: Distribution,
+    pub e2e_s: Distribution,
 }
 
 /// Stage results of a run with `--stage`/`--stage-set`.
@@ -79,6 +93,7 @@ impl From<&RequestRecord> for RequestJson {
             stages: None,
             gpu: None,
             partial: r.partial,
+            model: r.model.clone(),
         }
     }
 }
@@ -144,6 +159,11 @@ pub struct Summary {
     /// Why the run ended: "duration", "interrupted", "target exited".
     pub ended_by: String,
     pub capture: CaptureInfo,
+    /// Per model (by label, `unknown` last), when any request named one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSummary>,
+    /// Requests reported as model `other` because `--max-models` names were already seen.
+    pub models_folded: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +171,8 @@ pub struct Report {
     pub target: TargetInfo,
     pub requests: Vec<RequestRecord>,
     pub requests_not_kept: u64,
+    /// Requests whose model was folded into `other` by the cap.
+    pub models_folded: u64,
     pub duration_s: f64,
     pub events: EventCounters,
     pub kernel: KernelCounters,
@@ -220,6 +242,29 @@ impl Report {
             parse: self.parse,
             ended_by: self.ended_by.clone(),
             capture: self.capture.clone(),
+            models: model_rows(&js),
+            models_folded: self.models_folded,
         }
     }
+}
+
+/// The per-model rows: none when no request named a model (one `unknown` row says nothing).
+fn model_rows(js: &[RequestJson]) -> Vec<ModelSummary> {
+    if js.iter().all(|r| r.model.is_none()) {
+        return Vec::new();
+    }
+    let mut by: BTreeMap<(bool, &str), Vec<&RequestJson>> = BTreeMap::new();
+    for r in js {
+        let m = r.model.as_deref();
+        by.entry((m.is_none(), m.unwrap_or(crate::http::model::UNKNOWN))).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|((_, model), rs)| ModelSummary {
+            model: model.to_string(),
+            requests: rs.len(),
+            ttft_s: Distribution::of(rs.iter().filter_map(|r| r.ttft_s).collect()),
+            itl_s: Distribution::of(rs.iter().flat_map(|r| r.itl_s.iter().copied()).collect()),
+            e2e_s: Distribution::of(rs.iter().filter(|r| r.partial.is_none()).map(|r| r.e2e_s).collect()),
+        })
+        .collect()
 }

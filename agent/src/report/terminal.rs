@@ -159,6 +159,28 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean
             );
         }
+        if !s.models.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}",
+                "per model", "count", "ttft p50", "ttft p99", "e2e p50", "e2e p99"
+            );
+            for m in &s.models {
+                let _ = writeln!(
+                    o,
+                    "{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}",
+                    clip(&m.model, 21),
+                    m.requests,
+                    ms(m.ttft_s.p50),
+                    ms(m.ttft_s.p99),
+                    ms(m.e2e_s.p50),
+                    ms(m.e2e_s.p99)
+                );
+            }
+            if s.models_folded > 0 {
+                let _ = writeln!(o, "{} request(s) counted as `other`: more than --max-models models", s.models_folded);
+            }
+        }
         let p = &s.parse;
         let problems = p.bad_heads + p.bad_chunks + p.framing_lost + p.unmatched_responses + p.aborted;
         if problems > 0 || s.events.decode_errors > 0 || s.lost.lost_total() > 0 {
@@ -276,6 +298,15 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         for (name, row) in rows {
             let _ = writeln!(o, "{:>label_w$}{}", format!("{name} "), row.into_iter().collect::<String>());
         }
+    }
+}
+
+/// At most `n` characters, the cut marked with `…`.
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
     }
 }
 

@@ -16,6 +16,7 @@ fn rec(request: u64, fb: u64, ft: Option<u64>, writes: &[u64], end: u64) -> Requ
         read_tid: 1,
         write_tid: 1,
         partial: None,
+        model: None,
     }
 }
 
@@ -71,6 +72,7 @@ fn render_has_table_and_waterfall() {
         target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new(), execs: Vec::new() },
         requests: vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)],
         requests_not_kept: 0,
+        models_folded: 0,
         duration_s: 1.0,
         events: EventCounters::default(),
         kernel: KernelCounters::default(),
@@ -88,4 +90,39 @@ fn render_has_table_and_waterfall() {
     assert!(text.contains("│"), "{text}");
     assert!(text.contains("█"));
     assert!(text.contains("50.00ms"));
+}
+
+#[test]
+fn per_model_rows_in_summary_json_and_table() {
+    let mut a = rec(0, 1_000_000, Some(10_000_000), &[10_000_000], 20_000_000);
+    a.model = Some("alpha".into());
+    let mut b = rec(0, 1_000_000, Some(30_000_000), &[30_000_000], 40_000_000);
+    b.model = Some("beta".into());
+    let c = rec(0, 1_000_000, Some(50_000_000), &[50_000_000], 60_000_000);
+    let report = Report {
+        target: TargetInfo::default(),
+        requests: vec![a.clone(), b, c, a],
+        requests_not_kept: 0,
+        models_folded: 0,
+        duration_s: 1.0,
+        events: EventCounters::default(),
+        kernel: KernelCounters::default(),
+        parse: ParseCounters::default(),
+        ended_by: "duration".into(),
+        capture: CaptureInfo { mode: crate::capture::CaptureMode::Socket, fallback_reason: None },
+        kernel_maps: Vec::new(),
+        stages: None,
+        cpu: None,
+        offcpu: None,
+        gpu: None,
+    };
+    let rows: Vec<(String, usize)> = report.summary().models.iter().map(|m| (m.model.clone(), m.requests)).collect();
+    assert_eq!(rows, [("alpha".to_string(), 2), ("beta".to_string(), 1), ("unknown".to_string(), 1)]);
+    let doc = report.to_json();
+    assert_eq!(doc["requests"][0]["model"], "alpha");
+    assert!(doc["requests"][2].get("model").is_none(), "no model named: no field");
+    assert_eq!(doc["summary"]["models"][1]["ttft_s"]["p50"], 0.03);
+    let text = report.render(100, 10);
+    assert!(text.contains("per model"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("beta") && l.contains("30.00ms")), "{text}");
 }

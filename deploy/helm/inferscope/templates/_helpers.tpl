@@ -44,7 +44,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "inferscope.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether a monitor (podMonitor / serviceMonitor values) is rendered: true, false, or "auto"
+     = when the cluster serves the Prometheus Operator's API. */}}
+{{- define "inferscope.monitorOn" -}}
+{{- $e := toString .values.enabled }}
+{{- if or (eq $e "true") (and (eq $e "auto") (.root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) }}true{{- end }}
 {{- end }}
 
 {{/* The agent's config.toml: values.config, else files/config.toml (deploy/config/config.toml). */}}
