@@ -42,7 +42,16 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then_some(value)
+            // An empty value means "no such label": Prometheus reads an empty label as absent,
+            // and the agent leaves empty labels off.
+            let has = |k: &str, v: &str| {
+                if v.is_empty() {
+                    !rest.contains(&format!("{k}=\""))
+                } else {
+                    rest.contains(&format!("{k}=\"{v}\""))
+                }
+            };
+            (n == name && labels.iter().all(|(k, v)| has(k, v))).then_some(value)
         })
         .filter_map(|v| v.parse::<f64>().ok())
         .sum()
