@@ -349,6 +349,9 @@ impl Run {
         );
         let mut err = std::io::stderr().lock();
         if tty {
+            // Cut to the terminal (one column spare): a wrapped line is not rewritten by `\r`.
+            let width = crate::report::width::width_of(libc::STDERR_FILENO);
+            let line = crate::report::width::fit_line(&line, width.saturating_sub(1));
             let _ = write!(err, "\r\x1b[K{line}");
         } else if self.started.elapsed().as_secs() % 10 == 0 {
             let _ = writeln!(err, "{line}");

@@ -189,8 +189,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(attach(opts))?;
-            let width = terminal_width();
-            print!("{}", report.render(width, waterfall_rows));
+            if json_on_stdout(json.as_deref()) {
+                // stdout is the JSON document alone (`--json - | jq`): the table goes to stderr.
+                let width = inferscope::report::width::width_of(libc::STDERR_FILENO);
+                eprint!("{}", report.render(width, waterfall_rows));
+            } else {
+                print!("{}", report.render(terminal_width(), waterfall_rows));
+            }
             if let Some(cpu) = &report.cpu {
                 let title = format!("{} (pid {}) — {:.1} s", report.target.comm, report.target.pid, report.duration_s);
                 for p in inferscope::profile::write(cpu, flamegraph.as_deref(), folded.as_deref(), &title)? {
@@ -208,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report.to_json())?;
-                if path == std::path::Path::new("-") {
+                if json_on_stdout(Some(&path)) {
                     println!("{text}");
                 } else {
                     std::fs::write(&path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
@@ -236,8 +241,14 @@ fn check_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--json -`: the JSON document is written to stdout.
+fn json_on_stdout(json: Option<&std::path::Path>) -> bool {
+    json == Some(std::path::Path::new("-"))
+}
+
+/// The report's width: stdout's terminal, else `COLUMNS`, else 120.
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(120)
+    inferscope::report::width::width_of(libc::STDOUT_FILENO)
 }
 
 #[cfg(test)]
@@ -250,5 +261,14 @@ mod tests {
         let cli = Cli::try_parse_from(["inferscope", "attach", "--pid", "1", "--stage-set", "cuda", "--profile", "x"]);
         let Command::Attach { stage_sets, profiles, .. } = cli.unwrap().command else { panic!("attach") };
         assert_eq!((stage_sets, profiles), (vec!["cuda".to_string()], vec!["x".to_string()]));
+    }
+
+    #[test]
+    fn json_dash_means_stdout() {
+        let cli = Cli::try_parse_from(["inferscope", "attach", "--pid", "1", "--json", "-"]).unwrap();
+        let Command::Attach { json, .. } = cli.command else { panic!("attach") };
+        assert!(json_on_stdout(json.as_deref()));
+        assert!(!json_on_stdout(Some(std::path::Path::new("./-x.json"))));
+        assert!(!json_on_stdout(None));
     }
 }

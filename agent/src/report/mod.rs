@@ -3,6 +3,7 @@
 
 mod json;
 mod terminal;
+pub mod width;
 #[cfg(test)]
 mod tests;
 

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::width::{fit, NARROW};
 use super::{Report, RequestJson, NS};
 
 impl Report {
@@ -92,8 +93,13 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         }
     }
 
-    /// The terminal report: summary table, then a waterfall of the last requests.
+    /// The terminal report: summary table, then a waterfall of the last requests; every line cut
+    /// to `width` columns, with a narrow layout below [`NARROW`].
     pub fn render(&self, width: usize, max_rows: usize) -> String {
+        fit(&self.render_lines(width, max_rows), width)
+    }
+
+    fn render_lines(&self, width: usize, max_rows: usize) -> String {
         let s = self.summary();
         let mut o = String::new();
         let _ = writeln!(
@@ -128,8 +134,7 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
             s.tokens_per_s.map_or("n/a (not stated by the stream)".into(), |t| format!("{t:.1}")),
             s.lost.lost_total()
         );
-        let _ =
-            writeln!(o, "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}", "", "count", "p50", "p90", "p99", "max", "mean");
+        table_row(&mut o, width, "\n", "", ["count", "p50", "p90", "p99", "max", "mean"].map(String::from));
         for (name, d) in (s.requests > 0)
             .then_some([
                 ("time to first byte", s.ttfb_s),
@@ -140,42 +145,34 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
             .into_iter()
             .flatten()
         {
-            let _ = writeln!(
-                o,
-                "{name:<22}{:>7}{:>11}{:>11}{:>11}{:>11}{:>11}",
-                d.count,
-                ms(d.p50),
-                ms(d.p90),
-                ms(d.p99),
-                ms(d.max),
-                ms(d.mean)
+            table_row(
+                &mut o,
+                width,
+                "",
+                name,
+                [d.count.to_string(), ms(d.p50), ms(d.p90), ms(d.p99), ms(d.max), ms(d.mean)],
             );
         }
         if s.decode_chunks_per_s.count > 0 {
             let d = s.decode_chunks_per_s;
-            let _ = writeln!(
-                o,
-                "{:<22}{:>7}{:>11.1}{:>11.1}{:>11.1}{:>11.1}{:>11.1}  (chunks/s per request)",
-                "decode rate", d.count, d.p50, d.p90, d.p99, d.max, d.mean
+            let f = |v: f64| format!("{v:.1}");
+            // Content events per second per request, between its first token and its end.
+            table_row(
+                &mut o,
+                width,
+                "",
+                "decode chunks/s",
+                [d.count.to_string(), f(d.p50), f(d.p90), f(d.p99), f(d.max), f(d.mean)],
             );
         }
         if !s.models.is_empty() {
-            let _ = writeln!(
-                o,
-                "\n{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}",
-                "per model", "count", "ttft p50", "ttft p99", "e2e p50", "e2e p99"
-            );
+            let narrow = width < NARROW;
+            let head = ["count", "ttft p50", "ttft p99", "e2e p50", "e2e p99"].map(String::from);
+            model_row(&mut o, narrow, "\n", "per model", &head);
             for m in &s.models {
-                let _ = writeln!(
-                    o,
-                    "{:<22}{:>7}{:>11}{:>11}{:>11}{:>11}",
-                    clip(&m.model, 21),
-                    m.requests,
-                    ms(m.ttft_s.p50),
-                    ms(m.ttft_s.p99),
-                    ms(m.e2e_s.p50),
-                    ms(m.e2e_s.p99)
-                );
+                let cells =
+                    [m.requests.to_string(), ms(m.ttft_s.p50), ms(m.ttft_s.p99), ms(m.e2e_s.p50), ms(m.e2e_s.p99)];
+                model_row(&mut o, narrow, "", &m.model, &cells);
             }
             if s.models_folded > 0 {
                 let _ = writeln!(o, "{} request(s) counted as `other`: more than --max-models models", s.models_folded);
@@ -225,8 +222,12 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         let first_shown = self.requests.len().saturating_sub(max_rows);
         let shown = &self.requests[first_shown..];
         let longest = shown.iter().map(|r| r.end_ns.saturating_sub(r.request_ns)).max().unwrap_or(1).max(1);
-        let label_w = 28;
-        let bar_w = width.saturating_sub(label_w + 34).clamp(10, 80);
+        // Narrow: a shorter label and TTFT only after the bar.
+        let narrow = width < NARROW;
+        let label_w = if narrow { 16 } else { 28 };
+        let gpu_w = if self.gpu.as_ref().is_some_and(|g| g.status.enabled) { 12 } else { 0 };
+        let suffix_w = if narrow { 10 } else { 34 + gpu_w };
+        let bar_w = width.saturating_sub(label_w + suffix_w).clamp(10, 80);
         let _ = writeln!(
             o,
             "\nwaterfall (last {} of {} requests; bar = request → end, scale {} per char)\n  ░ waiting for first byte  ▒ first byte → first token  █ streaming  │ first token",
@@ -269,13 +270,13 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 .as_ref()
                 .filter(|g| g.status.enabled)
                 .map_or(String::new(), |g| format!(" {}", g.cell(first_shown + offset)));
-            let _ = writeln!(
-                o,
-                "{label:<label_w$}{bar} ttft {:>9} e2e {:>9} {:>4} ch{gpu}",
-                j.ttft_s.map_or("-".into(), ms),
-                ms(j.e2e_s),
-                r.chunks
-            );
+            let ttft = j.ttft_s.map_or("-".into(), ms);
+            if narrow {
+                let _ = writeln!(o, "{label:<label_w$}{bar} {ttft:>9}");
+            } else {
+                let _ =
+                    writeln!(o, "{label:<label_w$}{bar} ttft {ttft:>9} e2e {:>9} {:>4} ch{gpu}", ms(j.e2e_s), r.chunks);
+            }
             self.stage_rows(&mut o, first_shown + offset, label_w, bar_w, &col);
         }
         o
@@ -299,6 +300,30 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
             let _ = writeln!(o, "{:>label_w$}{}", format!("{name} "), row.into_iter().collect::<String>());
         }
     }
+}
+
+/// One row of the latency table (count, p50, p90, p99, max, mean): all six from 84 columns
+/// on; 10-wide columns from 80; below, count, p50, p99 and max only.
+fn table_row(o: &mut String, width: usize, lead: &str, name: &str, cells: [String; 6]) {
+    let [c, p50, p90, p99, max, mean] = &cells;
+    let _ = if width >= 84 {
+        writeln!(o, "{lead}{name:<22}{c:>7}{p50:>11}{p90:>11}{p99:>11}{max:>11}{mean:>11}")
+    } else if width >= NARROW {
+        writeln!(o, "{lead}{name:<22}{c:>7}{p50:>10}{p90:>10}{p99:>10}{max:>10}{mean:>10}")
+    } else {
+        writeln!(o, "{lead}{name:<20}{c:>6}{p50:>10}{p99:>10}{max:>10}")
+    };
+}
+
+/// One row of the per-model table (count, TTFT p50/p99, E2E p50/p99); narrow: count and the
+/// two p50s.
+fn model_row(o: &mut String, narrow: bool, lead: &str, name: &str, cells: &[String; 5]) {
+    let [c, tp50, tp99, ep50, ep99] = cells;
+    let _ = if narrow {
+        writeln!(o, "{lead}{:<20}{c:>6}{tp50:>10}{ep50:>10}", clip(name, 19))
+    } else {
+        writeln!(o, "{lead}{:<22}{c:>7}{tp50:>11}{tp99:>11}{ep50:>11}{ep99:>11}", clip(name, 21))
+    };
 }
 
 /// At most `n` characters, the cut marked with `…`.

@@ -68,23 +68,9 @@ fn json_fields_are_derived_from_timestamps() {
 
 #[test]
 fn render_has_table_and_waterfall() {
-    let report = Report {
-        target: TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new(), execs: Vec::new() },
-        requests: vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)],
-        requests_not_kept: 0,
-        models_folded: 0,
-        duration_s: 1.0,
-        events: EventCounters::default(),
-        kernel: KernelCounters::default(),
-        parse: ParseCounters::default(),
-        ended_by: "duration".into(),
-        capture: CaptureInfo { mode: crate::capture::CaptureMode::Socket, fallback_reason: None },
-        kernel_maps: Vec::new(),
-        stages: None,
-        cpu: None,
-        offcpu: None,
-        gpu: None,
-    };
+    let mut report = report_of(vec![rec(0, 1_000_000, Some(50_000_000), &[50_000_000, 60_000_000], 100_000_000)]);
+    report.target =
+        TargetInfo { pid: 1, comm: "srv".into(), exe: "/srv".into(), workers: Vec::new(), execs: Vec::new() };
     let text = report.render(100, 10);
     assert!(text.contains("time to first token"));
     assert!(text.contains("│"), "{text}");
@@ -99,9 +85,59 @@ fn per_model_rows_in_summary_json_and_table() {
     let mut b = rec(0, 1_000_000, Some(30_000_000), &[30_000_000], 40_000_000);
     b.model = Some("beta".into());
     let c = rec(0, 1_000_000, Some(50_000_000), &[50_000_000], 60_000_000);
-    let report = Report {
+    let report = report_of(vec![a.clone(), b, c, a]);
+    let rows: Vec<(String, usize)> = report.summary().models.iter().map(|m| (m.model.clone(), m.requests)).collect();
+    assert_eq!(rows, [("alpha".to_string(), 2), ("beta".to_string(), 1), ("unknown".to_string(), 1)]);
+    let doc = report.to_json();
+    assert_eq!(doc["requests"][0]["model"], "alpha");
+    assert!(doc["requests"][2].get("model").is_none(), "no model named: no field");
+    assert_eq!(doc["summary"]["models"][1]["ttft_s"]["p50"], 0.03);
+    let text = report.render(100, 10);
+    assert!(text.contains("per model"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("beta") && l.contains("30.00ms")), "{text}");
+}
+
+#[test]
+fn every_line_fits_60_80_and_120_columns() {
+    let mut requests = Vec::new();
+    for i in 0..5u64 {
+        let t0 = i * 1_000_000_000;
+        let mut r =
+            rec(t0, t0 + 1_000_000, Some(t0 + 50_000_000), &[t0 + 50_000_000, t0 + 90_000_000], t0 + 100_000_000);
+        r.path = format!("/v1/some/very/long/route/template/that/keeps/going/{i}");
+        r.model = Some(format!("an-unusually-long-model-name-for-a-table-cell-{i}"));
+        requests.push(r);
+    }
+    let mut report = report_of(requests);
+    report.target = TargetInfo { pid: 4242, comm: "a-server-with-a-long-name".into(), ..TargetInfo::default() };
+    (report.models_folded, report.duration_s, report.ended_by) = (3, 12.5, "interrupted".into());
+    report.parse.aborted = 2;
+    report.capture =
+        CaptureInfo { mode: crate::capture::CaptureMode::Syscalls, fallback_reason: Some("x".repeat(100)) };
+    for width in [60, 80, 120] {
+        let text = report.render(width, 10);
+        for line in text.lines() {
+            assert!(line.chars().count() <= width, "{width} columns: {} chars: {line}", line.chars().count());
+        }
+        assert!(text.lines().any(|l| l.starts_with("time to first token")), "{width}: the table stays\n{text}");
+        assert!(text.lines().any(|l| l.contains("█") && l.contains("50.00ms")), "{width}: waterfall rows\n{text}");
+    }
+    // The table is whole (its last column, mean, is there) from 84 columns on, and narrow
+    // below 80 (p50, p99, max).
+    let wide = report.render(120, 10);
+    assert!(wide.lines().any(|l| l.trim_end().ends_with("mean")), "{wide}");
+    let mid = report.render(80, 10);
+    assert!(mid.lines().any(|l| l.trim_end().ends_with("mean")), "{mid}");
+    let narrow = report.render(60, 10);
+    let header = narrow.lines().find(|l| l.contains("count")).unwrap();
+    assert!(header.contains("p99") && header.contains("max") && !header.contains("p90"), "{narrow}");
+}
+
+/// A report of `requests` over one second, nothing else measured.
+fn report_of(requests: Vec<RequestRecord>) -> Report {
+    Report {
         target: TargetInfo::default(),
-        requests: vec![a.clone(), b, c, a],
+        requests,
         requests_not_kept: 0,
         models_folded: 0,
         duration_s: 1.0,
@@ -115,14 +151,5 @@ fn per_model_rows_in_summary_json_and_table() {
         cpu: None,
         offcpu: None,
         gpu: None,
-    };
-    let rows: Vec<(String, usize)> = report.summary().models.iter().map(|m| (m.model.clone(), m.requests)).collect();
-    assert_eq!(rows, [("alpha".to_string(), 2), ("beta".to_string(), 1), ("unknown".to_string(), 1)]);
-    let doc = report.to_json();
-    assert_eq!(doc["requests"][0]["model"], "alpha");
-    assert!(doc["requests"][2].get("model").is_none(), "no model named: no field");
-    assert_eq!(doc["summary"]["models"][1]["ttft_s"]["p50"], 0.03);
-    let text = report.render(100, 10);
-    assert!(text.contains("per model"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("beta") && l.contains("30.00ms")), "{text}");
+    }
 }
