@@ -23,10 +23,12 @@ const SCENARIOS: &[(&str, &str, usize, bool, usize)] = &[
 
 const TTFT_TOLERANCE_S: f64 = 0.001;
 const ITL_MEDIAN_TOLERANCE_S: f64 = 0.0005;
-/// How far the syscall may trail a truth write stamp (taken right before the write call):
-/// the Rust server's stamps stay within tens of µs; an interpreter can be preempted or run a
-/// GC step between its stamp and the syscall.
-const WRITE_LAG_RUST_NS: u64 = 1_000_000;
+/// How far the agent's write stamp may trail a truth stamp (taken right before the write call).
+/// The Rust server's stamps usually trail by tens of µs, but the socket capture stamps the end
+/// of the send (`sock_send_length`), and on loopback the send delivers to the client inside the
+/// call: a wake-up that preempts the server there delays the stamp (1.4 ms seen once in CI on
+/// a 2-CPU VM). An interpreter can also be preempted or run a GC step before the syscall.
+const WRITE_LAG_RUST_NS: u64 = 2_000_000;
 const WRITE_LAG_INTERPRETED_NS: u64 = 2_000_000;
 /// Slack below a stamp for clock reads on different CPUs.
 const EARLY_NS: u64 = 50_000;

@@ -140,6 +140,8 @@ impl Agent {
             .args(["attach", "--pid", &pid.to_string(), "--quiet", "--raw-paths", "--json"])
             .arg(json)
             .args(extra)
+            // Tests read whole report lines; cutting to the width is tested on its own.
+            .env("COLUMNS", "400")
             .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
