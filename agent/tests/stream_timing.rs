@@ -29,7 +29,11 @@ const ITL_MEDIAN_TOLERANCE_S: f64 = 0.0005;
 /// call: a wake-up that preempts the server there delays the stamp (1.4 ms seen once in CI on
 /// a 2-CPU VM). An interpreter can also be preempted or run a GC step before the syscall.
 const WRITE_LAG_RUST_NS: u64 = 2_000_000;
-const WRITE_LAG_INTERPRETED_NS: u64 = 2_000_000;
+/// Python's and Node's servers run several requests at once: between the truth stamp and the
+/// write call a thread can lose the GIL (CPython's switch interval is 5 ms) or wait for the event
+/// loop, so their stamps trail by up to a few switch intervals (7.5 ms seen once in CI). The
+/// Rust server's tight truth keeps the strict windows and the 1 ms TTFT check.
+const WRITE_LAG_INTERPRETED_NS: u64 = 10_000_000;
 /// Slack below a stamp for clock reads on different CPUs.
 const EARLY_NS: u64 = 50_000;
 
