@@ -254,11 +254,7 @@ impl SocketProbes {
         self.attach_sched_exit()?;
         self.attach_tracepoint("proc_exec", "sched", "sched_process_exec")?;
         self.set_setting(agent_common::setting::PROC_EVENTS, true)?;
-        let map = self.ebpf.take_map(maps::PROC_EVENTS).ok_or(ProbeError::Map {
-            name: maps::PROC_EVENTS,
-            source: aya::maps::MapError::InvalidName { name: maps::PROC_EVENTS.into() },
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::PROC_EVENTS, source })
+        self.take_ring(maps::PROC_EVENTS)
     }
 
     /// (map, entries, capacity) of the bounded kernel maps, for fill reporting. Walks every key:
@@ -310,11 +306,16 @@ impl SocketProbes {
 
     /// Takes the ring buffer out (once) for the reader task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(maps::EVENTS).ok_or(ProbeError::Map {
-            name: maps::EVENTS,
-            source: aya::maps::MapError::InvalidName { name: maps::EVENTS.into() },
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::EVENTS, source })
+        self.take_ring(maps::EVENTS)
+    }
+
+    /// Takes ring buffer `name` out of the object (once), for its reader.
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name, source })
     }
 
     pub fn counters(&self) -> KernelCounters {
@@ -354,19 +355,17 @@ impl SocketProbes {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-        HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
+        HashMap::try_from(self.raw_map_mut(name)?).map_err(|source| ProbeError::Map { name, source })
     }
 
     fn array_mut<V: aya::Pod>(&mut self, name: &'static str) -> Result<aya::maps::Array<&mut MapData, V>, ProbeError> {
-        let map = self
-            .ebpf
+        aya::maps::Array::try_from(self.raw_map_mut(name)?).map_err(|source| ProbeError::Map { name, source })
+    }
+
+    fn raw_map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
+        self.ebpf
             .map_mut(name)
-            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-        aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map { name, source })
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })
     }
 }
 

@@ -78,10 +78,6 @@ impl SocketProbes {
     }
 
     pub fn take_stage_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(maps::STAGE_EVENTS).ok_or(ProbeError::Map {
-            name: maps::STAGE_EVENTS,
-            source: aya::maps::MapError::InvalidName { name: maps::STAGE_EVENTS.into() },
-        })?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: maps::STAGE_EVENTS, source })
+        self.take_ring(maps::STAGE_EVENTS)
     }
 }

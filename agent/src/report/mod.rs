@@ -3,9 +3,9 @@
 
 mod json;
 mod terminal;
-pub mod width;
 #[cfg(test)]
 mod tests;
+pub mod width;
 
 use std::collections::BTreeMap;
 
