@@ -200,6 +200,8 @@ pub struct ConnInfo {
 /// connection's [`ConnInfo`], so a send on it finds its id with array reads instead of a hash
 /// lookup. `check` is `sk ^ id ^ tgid`: a slot written by two claims at once, or read while it is
 /// written, fails the check and the send falls back to `CONNS`, never to a wrong connection.
+/// `start_ns` is the start of the send in progress on the connection (`tcp_sendmsg_locked`, before
+/// the bytes are queued), taken by the send's end (`sock_send_length`), 0 when none is pending.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SendSlot {
@@ -207,6 +209,7 @@ pub struct SendSlot {
     pub id: u64,
     pub tgid: u64,
     pub check: u64,
+    pub start_ns: u64,
 }
 
 /// Number of slots of `SEND_SLOTS` and of the send filter (a power of two).

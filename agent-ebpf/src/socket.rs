@@ -8,7 +8,10 @@
 //!   attached are `Accept`ed (the parser expects a request head), older ones `Joined` (it waits
 //!   for one).
 //! - `sock:sock_send_length` (every socket send, after the protocol took the bytes): a write on a
-//!   followed connection, one map lookup for anyone else's.
+//!   followed connection, one map lookup for anyone else's. It is stamped at its start, which
+//!   `tcp:tcp_sendmsg_locked` (in TCP's send loop, before the bytes are queued) leaves in the
+//!   connection's send slot: a loopback send wakes the peer inside the call, and a preemption
+//!   there would otherwise delay the stamp by a scheduler slice.
 //! - `sock:inet_sock_set_state` (TCP state changes, per connection, not per byte): passive opens
 //!   on followed ports, followed processes starting to listen, and the server side closing.
 //!
@@ -82,6 +85,7 @@ fn slot_cache(sk: u64, info: &ConnInfo) {
             return;
         }
         let tgid = info.tgid as u64;
+        core::ptr::write_volatile(&mut (*p).start_ns, 0);
         core::ptr::write_volatile(&mut (*p).sk, sk);
         core::ptr::write_volatile(&mut (*p).id, info.id);
         core::ptr::write_volatile(&mut (*p).tgid, tgid);
@@ -116,6 +120,7 @@ fn slot_free(sk: u64) {
         if core::ptr::read_volatile(&(*p).sk) == sk {
             core::ptr::write_volatile(&mut (*p).check, 0);
             core::ptr::write_volatile(&mut (*p).sk, 0);
+            core::ptr::write_volatile(&mut (*p).start_ns, 0);
         }
     }
 }
@@ -403,14 +408,57 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Longest a send may take from its start to its end and still be stamped at its start; beyond
+/// it the pending start is treated as stale (a start whose end never came) and the end is used.
+const SEND_START_MAX_AGE_NS: u64 = 100_000_000;
+
+/// `tcp_sendmsg_locked(const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+/// int size_goal)`: fires in the TCP send loop before the bytes are queued. For a followed
+/// connection cached in its send slot, the first firing of a send stamps its start there; the
+/// send's end (`sock_send`) takes it. The end alone is late whenever the send is preempted: on
+/// loopback the send delivers to the peer and wakes it inside the call. Anyone else's send: one
+/// array read.
+#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn sock_send_start(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    let Some(p) = SEND_SLOTS.get_ptr_mut(send_slot(sk)) else { return 0 };
+    // SAFETY: a map value pointer. Sends on one socket hold its lock here, so only a send of the
+    // same socket whose end has not run yet can race; the end takes whichever start it finds.
+    unsafe {
+        if core::ptr::read_volatile(&(*p).sk) == sk && core::ptr::read_volatile(&(*p).start_ns) == 0 {
+            core::ptr::write_volatile(&mut (*p).start_ns, now_ns());
+        }
+    }
+    0
+}
+
+/// Takes the start stamped for `sk`'s send in progress, if its slot holds one.
+#[inline(always)]
+fn take_send_start(sk: u64) -> u64 {
+    let Some(p) = SEND_SLOTS.get_ptr_mut(send_slot(sk)) else { return 0 };
+    // SAFETY: a map value pointer, read and cleared field by field.
+    unsafe {
+        if core::ptr::read_volatile(&(*p).sk) != sk {
+            return 0;
+        }
+        let start = core::ptr::read_volatile(&(*p).start_ns);
+        if start != 0 {
+            core::ptr::write_volatile(&mut (*p).start_ns, 0);
+        }
+        start
+    }
+}
+
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send(ctx: RawTracePointContext) -> i32 {
+    let sk = ctx.arg::<u64>(0);
+    // Taken before the length check, so a failed send leaves no start for the next one.
+    let start = take_send_start(sk);
     let ret = ctx.arg::<u64>(1) as i32;
     if ret <= 0 {
         return 0;
     }
-    let sk = ctx.arg::<u64>(0);
     let conn = match slot_lookup(sk) {
         Some(c) => c,
         None => {
@@ -423,7 +471,9 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         }
     };
     if conn.id != 0 {
-        capture(EventKind::Write, &conn, ret as u64, now_ns(), bpf_get_current_pid_tgid());
+        let end = now_ns();
+        let ts = if start != 0 && start <= end && end - start <= SEND_START_MAX_AGE_NS { start } else { end };
+        capture(EventKind::Write, &conn, ret as u64, ts, bpf_get_current_pid_tgid());
     }
     0
 }

@@ -180,7 +180,7 @@ impl SocketProbes {
         let (mode, fallback_reason) = match socket {
             Ok(()) => {
                 log::info!(
-                    "capture: socket layer (raw tracepoints sock_recv_length, sock_send_length, inet_sock_set_state)"
+                    "capture: socket layer (raw tracepoints sock_recv_length, sock_send_length, tcp_sendmsg_locked, inet_sock_set_state)"
                 );
                 (CaptureMode::Socket, None)
             }

@@ -83,8 +83,12 @@ fn regs_window(offsets: [u32; 3]) -> Result<(u32, [u32; 3]), String> {
 }
 
 /// The raw tracepoints the socket path attaches to, as (program, tracepoint).
-pub const SOCKET_HOOKS: &[(&str, &str)] =
-    &[("sock_state", "inet_sock_set_state"), ("sock_recv", "sock_recv_length"), ("sock_send", "sock_send_length")];
+pub const SOCKET_HOOKS: &[(&str, &str)] = &[
+    ("sock_state", "inet_sock_set_state"),
+    ("sock_recv", "sock_recv_length"),
+    ("sock_send", "sock_send_length"),
+    ("sock_send_start", "tcp_sendmsg_locked"),
+];
 
 /// This architecture's syscall numbers, or why the socket path cannot locate buffers here.
 fn syscall_numbers() -> Result<[u32; syscall_nr::COUNT], String> {
