@@ -73,6 +73,15 @@ enum Command {
         /// Write folded stacks here (and per phase: FILE.prefill…).
         #[arg(long, value_name = "FILE")]
         folded: Option<PathBuf>,
+        /// Sample the CPU and write a pprof profile here (gzipped profile.proto, for `go tool
+        /// pprof`, Pyroscope, Parca), the request phase as a sample label; off-CPU beside it as
+        /// FILE.offcpu… with --off-cpu.
+        #[arg(long, value_name = "FILE.pb.gz")]
+        pprof: Option<PathBuf>,
+        /// Write the run as a timeline in the Chrome Trace Event format (Perfetto,
+        /// chrome://tracing): requests with their phases, stage calls per thread, GPU counters.
+        #[arg(long, value_name = "FILE.json")]
+        trace: Option<PathBuf>,
         /// CPU sampling frequency in Hz (software cpu-clock).
         #[arg(long, default_value_t = 99)]
         frequency: u64,
@@ -139,6 +148,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             profiles,
             flamegraph,
             folded,
+            pprof,
+            trace,
             frequency,
             off_cpu,
             gpu_hz,
@@ -148,8 +159,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_workers,
         } => {
             anyhow::ensure!(
-                !off_cpu || flamegraph.is_some() || folded.is_some(),
-                "--off-cpu writes its flamegraph beside the CPU one: give --flamegraph FILE.svg or --folded FILE"
+                !off_cpu || flamegraph.is_some() || folded.is_some() || pprof.is_some(),
+                "--off-cpu writes its flamegraph beside the CPU one: give --flamegraph FILE.svg, --folded FILE or --pprof FILE"
             );
             anyhow::ensure!((1..=10_000).contains(&frequency), "--frequency must be 1..=10000 Hz");
             anyhow::ensure!(
@@ -158,7 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             // Every output is checked before attaching: a bad path found after the capture would
             // lose the whole run.
-            for (flag, path) in [("--json", &json), ("--flamegraph", &flamegraph), ("--folded", &folded)] {
+            for (flag, path) in
+                [("--json", &json), ("--flamegraph", &flamegraph), ("--folded", &folded), ("--pprof", &pprof)]
+            {
                 if let Some(p) = path.as_deref().filter(|p| !(flag == "--json" && *p == std::path::Path::new("-"))) {
                     check_writable(flag, p)?;
                 }
@@ -175,7 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_models,
                 status: !quiet,
                 stages: inferscope::stages::collect(&stage_sets, &profiles, &stages)?,
-                sample_hz: (flamegraph.is_some() || folded.is_some()).then_some(frequency),
+                sample_hz: (flamegraph.is_some() || folded.is_some() || pprof.is_some()).then_some(frequency),
                 offcpu: off_cpu,
                 gpu: (gpu_hz > 0.0).then(|| inferscope::gpu::GpuOptions {
                     library: nvml_library,
@@ -201,6 +214,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for p in inferscope::profile::write(cpu, flamegraph.as_deref(), folded.as_deref(), &title)? {
                     eprintln!("inferscope: wrote {}", p.display());
                 }
+                if let Some(p) = &pprof {
+                    inferscope::profile::pprof::write(p, cpu, sampling(&report, Some(frequency)))?;
+                    eprintln!("inferscope: wrote {}", p.display());
+                }
             }
             if let Some(off) = &report.offcpu {
                 let title =
@@ -210,6 +227,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for p in inferscope::profile::write(off, svg.as_deref(), fold.as_deref(), &title)? {
                     eprintln!("inferscope: wrote {}", p.display());
                 }
+                if let Some(p) = pprof.as_deref().map(|p| inferscope::profile::phase_path(p, "offcpu")) {
+                    inferscope::profile::pprof::write(&p, off, sampling(&report, None))?;
+                    eprintln!("inferscope: wrote {}", p.display());
+                }
+            }
+            if let Some(path) = &trace {
+                let text = serde_json::to_string(&report.trace_json())?;
+                std::fs::write(path, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                eprintln!("inferscope: wrote {}", path.display());
             }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report.to_json())?;
@@ -239,6 +265,13 @@ fn check_writable(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
     let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
     anyhow::ensure!(writable, "{flag} {}: directory {} is not writable", path.display(), dir.display());
     Ok(())
+}
+
+/// The run's sampling for a pprof file: `hz` for CPU samples, `None` for off-CPU time.
+fn sampling(report: &inferscope::report::Report, hz: Option<u64>) -> inferscope::profile::pprof::Sampling {
+    let duration_ns = (report.duration_s * 1e9) as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    inferscope::profile::pprof::Sampling { hz, start_unix_ns: now - duration_ns, duration_ns }
 }
 
 /// `--json -`: the JSON document is written to stdout.

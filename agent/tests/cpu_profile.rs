@@ -61,6 +61,7 @@ fn share(folded: &HashMap<String, u64>, pred: impl Fn(&str) -> bool) -> f64 {
 fn profile(pid: u32, dir: &Path, seconds: &str, hz: &str) -> (serde_json::Value, HashMap<String, u64>) {
     let svg = dir.join("cpu.svg");
     let folded = dir.join("cpu.folded");
+    let pprof = dir.join("cpu.pb.gz");
     let agent = Agent::attach(
         pid,
         &dir.join("report.json"),
@@ -73,6 +74,8 @@ fn profile(pid: u32, dir: &Path, seconds: &str, hz: &str) -> (serde_json::Value,
             svg.to_str().unwrap(),
             "--folded",
             folded.to_str().unwrap(),
+            "--pprof",
+            pprof.to_str().unwrap(),
         ],
     );
     let report = agent.wait_report();
@@ -134,6 +137,32 @@ fn c_fixture_shares_and_perf_agrees() {
     // 99 Hz carry about ±2.3 points of sampling error each side, so 10 is about 3 sigma).
     assert!(pa > pb && a > b, "same order: perf {pa}/{pb} ours {a}/{b}");
     assert!((a - pa).abs() <= 0.10, "perf {pa}/{pb} vs ours {a}/{b}");
+
+    // The same run's pprof file, read by a real consumer of the format: `go tool pprof`
+    // (Debian's Go). Cumulative shares of the two functions as the folded file's, exactly (the
+    // same samples), and the request phase as a label.
+    let pprof = dir.join("cpu.pb.gz");
+    let go = |args: &[&str]| {
+        let out = Command::new("go").args(["tool", "pprof"]).args(args).arg(&pprof).output().expect("go (golang-go)");
+        assert!(out.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = go(&["-top", "-cum", "-nodecount=200", "-sample_index=samples"]);
+    // Lines: flat flat% sum% cum cum% name
+    let cum = |name: &str| -> f64 {
+        top.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 6 && f[5] == name).then(|| f[3].parse::<f64>().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("{name} not in go tool pprof -top:\n{top}"))
+    };
+    let (ga, gb) = (cum("burn_a"), cum("burn_b"));
+    let (ga, gb) = (ga / (ga + gb), gb / (ga + gb));
+    eprintln!("go tool pprof: burn_a {:.1}% burn_b {:.1}%", ga * 100.0, gb * 100.0);
+    assert!((ga - a).abs() < 0.005 && (gb - b).abs() < 0.005, "pprof {ga}/{gb} vs folded {a}/{b}:\n{top}");
+    let tags = go(&["-tags"]);
+    assert!(tags.contains("phase") && tags.contains("idle"), "the phase label:\n{tags}");
 }
 
 #[test]

@@ -50,7 +50,12 @@ fn llama_server_streams_get_stages_and_ttft() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let dir = scratch_dir("llama");
-    let agent = Agent::attach(child.id(), &dir.join("report.json"), &["--profile", "llama.cpp"]);
+    let trace = dir.join("trace.json");
+    let agent = Agent::attach(
+        child.id(),
+        &dir.join("report.json"),
+        &["--profile", "llama.cpp", "--trace", trace.to_str().unwrap()],
+    );
     let n = 4;
     for i in 0..n {
         let body = format!(
@@ -95,4 +100,41 @@ fn llama_server_streams_get_stages_and_ttft() {
     for want in ["tokenize", "prefill", "decode", "graph_compute"] {
         assert!(names.contains(&want), "stage {want} in {names:?}");
     }
+    check_trace(&trace, &report, n);
+}
+
+/// The `--trace` file against the Trace Event Format's fields and the same run's JSON report:
+/// one request slice per request with its timestamps, its phases inside it, and every stage call
+/// a slice on the thread that ran it.
+fn check_trace(path: &std::path::Path, report: &serde_json::Value, chats: usize) {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ev = doc["traceEvents"].as_array().expect("traceEvents");
+    for e in ev {
+        let ph = e["ph"].as_str().unwrap_or_else(|| panic!("ph in {e}"));
+        assert!(["X", "i", "M", "C"].contains(&ph), "{e}");
+        assert!(e["name"].is_string() && e["pid"].is_u64() && e["tid"].is_u64(), "{e}");
+        if ph != "M" {
+            assert!(e["ts"].as_f64().is_some_and(|t| t > 0.0), "{e}");
+        }
+        if ph == "X" {
+            assert!(e["dur"].as_f64().is_some_and(|d| d >= 0.0), "{e}");
+        }
+    }
+    let xs = |name: &str| ev.iter().filter(|e| e["ph"] == "X" && e["name"] == name).collect::<Vec<_>>();
+    let requests = xs("POST /v1/chat/completions");
+    assert_eq!(requests.len(), chats, "one slice per request");
+    for r in report["requests"].as_array().unwrap().iter().filter(|r| r["path"] == "/v1/chat/completions") {
+        let start = r["request_ns"].as_u64().unwrap() as f64 / 1000.0;
+        let s =
+            requests.iter().find(|s| (s["ts"].as_f64().unwrap() - start).abs() < 0.002).expect("slice at request_ns");
+        let end = r["end_ns"].as_u64().unwrap() as f64 / 1000.0;
+        assert!((s["ts"].as_f64().unwrap() + s["dur"].as_f64().unwrap() - end).abs() < 0.002, "{s} vs {r}");
+        let ft = r["first_token_ns"].as_u64().unwrap() as f64 / 1000.0;
+        let prefill =
+            xs("prefill").into_iter().find(|p| p["tid"] == s["tid"] && (p["ts"] == s["ts"])).expect("prefill");
+        assert!((prefill["ts"].as_f64().unwrap() + prefill["dur"].as_f64().unwrap() - ft).abs() < 0.002);
+    }
+    let calls: usize = report["stages"].as_array().unwrap().iter().map(|s| s["count"].as_u64().unwrap() as usize).sum();
+    let stage_slices = ev.iter().filter(|e| e["ph"] == "X" && e["pid"] == 2).count();
+    assert_eq!(stage_slices, calls, "one slice per stage call");
 }

@@ -200,6 +200,8 @@ fn setup() -> Result<()> {
         // Daemon tests: a real Prometheus scrapes the agent; setpriv runs it with fewer capabilities.
         ("prometheus", "prometheus"),
         ("setpriv", "util-linux"),
+        // `go tool pprof` reads the agent's --pprof files in the CPU profile tests.
+        ("go", "golang-go"),
     ];
     let mut missing: Vec<&str> =
         wanted.iter().filter(|(bin, _)| !succeeds(Command::new("which").arg(bin))).map(|(_, pkg)| *pkg).collect();

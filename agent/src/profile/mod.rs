@@ -4,6 +4,7 @@
 mod fold;
 mod kallsyms;
 mod names;
+pub mod pprof;
 mod raw;
 mod stack;
 mod svg;

@@ -5,6 +5,7 @@ mod json;
 mod terminal;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 pub mod width;
 
 use std::collections::BTreeMap;
@@ -194,6 +195,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// The run as a Chrome Trace Event document (`--trace`): see [`trace`].
+    pub fn trace_json(&self) -> serde_json::Value {
+        let stages =
+            self.stages.as_ref().map(|st| trace::StageTrack { calls: &st.calls, names: &st.attribution.call_names });
+        let gpu = self.gpu.as_ref().map(|g| &g.timeline);
+        trace::trace_json((&self.target.comm, self.target.pid), &self.requests, stages, gpu)
+    }
+
     fn request_json(&self) -> Vec<RequestJson> {
         self.requests
             .iter()
