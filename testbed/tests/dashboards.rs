@@ -32,12 +32,12 @@ fn contract() -> BTreeMap<&'static str, (Kind, Vec<&'static str>)> {
         "inferscope_inter_token_latency_seconds",
         "inferscope_e2e_request_latency_seconds",
     ] {
-        m.insert(h, (Histogram, with(TARGET, &["route"])));
+        m.insert(h, (Histogram, with(TARGET, &["route", "model"])));
     }
-    m.insert("inferscope_requests_total", (Counter, with(TARGET, &["route", "status"])));
+    m.insert("inferscope_requests_total", (Counter, with(TARGET, &["route", "model", "status"])));
     m.insert("inferscope_requests_in_flight", (Gauge, with(TARGET, &[])));
-    m.insert("inferscope_stream_chunks_total", (Counter, with(TARGET, &["route"])));
-    m.insert("inferscope_stream_tokens_total", (Counter, with(TARGET, &["route"])));
+    m.insert("inferscope_stream_chunks_total", (Counter, with(TARGET, &["route", "model"])));
+    m.insert("inferscope_stream_tokens_total", (Counter, with(TARGET, &["route", "model"])));
     m.insert("inferscope_stage_duration_seconds", (Histogram, with(TARGET, &["stage"])));
     for g in [
         "inferscope_gpu_util_percent",
@@ -186,6 +186,9 @@ fn dashboards_are_well_formed() {
         let mut wanted = vec!["namespace", "service", "pod"];
         if file == "inferscope-agent.json" {
             wanted.push("job");
+        }
+        if file == "inferscope-serving.json" {
+            wanted.extend(["model", "route"]);
         }
         for name in wanted {
             let var = vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{file}: no ${name}"));
