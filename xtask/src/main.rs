@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod capture_bench;
 mod daemon_bench;
+mod dist;
 mod llama;
 mod measure;
 
@@ -50,6 +51,12 @@ enum Cmd {
         #[arg(long)]
         no_build: bool,
     },
+    /// setup + build, then the release binary (debug info split off) as a tarball and a .deb with
+    /// a systemd unit, the default config and the dashboards; both unpacked and checked.
+    Dist {
+        #[arg(long, default_value = "out/dist")]
+        out: PathBuf,
+    },
     /// setup + build, then attach to a bundled example server, drive streamed requests, report.
     Demo {
         #[arg(long, default_value_t = 48)]
@@ -76,7 +83,16 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
-            test(&args)
+            let tests = test(&args);
+            // The packages too, after the tests so a packaging fault hides no test result.
+            let dist = dist::build(Path::new("target/dist-check")).and_then(|d| dist::check(&d));
+            tests.and(dist)
+        }
+        Cmd::Dist { out } => {
+            setup()?;
+            build()?;
+            let d = dist::build(&out)?;
+            dist::check(&d)
         }
         Cmd::Llama => {
             let l = llama::ensure(&root)?;
