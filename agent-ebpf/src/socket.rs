@@ -248,7 +248,7 @@ struct Record<const N: usize> {
 
 /// Reserves a record of class `N`, copies `min(want, N)` bytes from user memory straight into it.
 #[inline(always)]
-fn emit_flat<const N: usize>(mut header: EventHeader, src: u64, want: u64) {
+pub(crate) fn emit_flat<const N: usize>(mut header: EventHeader, src: u64, want: u64) {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         bump(counter::lost_for_kind(header.kind));
         return;
@@ -397,7 +397,7 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
             None => return 0,
         },
     };
-    if conn.id != 0 {
+    if conn.id != 0 && !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
         capture(EventKind::Read, &conn, ret as u64, ts, pid_tgid);
     }
     0
@@ -423,7 +423,10 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         }
     };
     if conn.id != 0 {
-        capture(EventKind::Write, &conn, ret as u64, now_ns(), bpf_get_current_pid_tgid());
+        let (ts, pid_tgid) = (now_ns(), bpf_get_current_pid_tgid());
+        if !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
+            capture(EventKind::Write, &conn, ret as u64, ts, pid_tgid);
+        }
     }
     0
 }
@@ -475,6 +478,7 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
                 if c.id != 0 {
                     filter_add(sk, -1);
                     slot_free(sk);
+                    crate::tls::forget_socket(sk);
                 }
                 let _ = CONNS.remove(&sk);
             }
