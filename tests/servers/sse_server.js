@@ -205,7 +205,7 @@ function parseArgs(argv) {
 
 // Runs one res.* call and describes it as a truth write entry. Returns null when the
 // call queued no bytes (res.end() of a close-delimited body), which is not a write.
-function timedWrite(res, events, fn) {
+function timedWrite(res, events, fn, isHead = false) {
   const sock = res.socket;
   const before = sock ? sock.bytesWritten : 0;
   const ts = process.hrtime.bigint();
@@ -213,7 +213,10 @@ function timedWrite(res, events, fn) {
   // Flush now rather than on the next tick (see the header comment).
   if (sock) while (sock.writableCorked > 0) sock.uncork();
   const bytes = sock ? sock.bytesWritten - before : 0;
-  if (bytes <= 0) return null;
+  // A TLS socket counts a write's bytes only once the write completes, which is later when an
+  // earlier write is still in flight: flushing the response head always writes, whatever the
+  // count says at this instant.
+  if (bytes <= 0 && !isHead) return null;
   writesTotal++;
   return { ts_ns: ts, bytes, content_events: events };
 }
@@ -246,7 +249,7 @@ async function serveStream(req, res, p, meta, truthFd) {
       res.removeHeader('Transfer-Encoding');
     }
     res.writeHead(200);
-    if (!p.coalesce) record(timedWrite(res, 0, () => res.flushHeaders()));
+    if (!p.coalesce) record(timedWrite(res, 0, () => res.flushHeaders(), true));
     for (const step of ssePlan(p)) {
       await pause(step.delayMs);
       if (aborted) return;
