@@ -181,6 +181,46 @@ fn node_https_server_matches_ground_truth() {
     check_tls_server(ServerKind::Node);
 }
 
+/// libssl mapped after the agent attached (Python loads it when `ssl` is first imported): the
+/// once-a-second rescan probes it, and the streams after that are followed.
+#[test]
+fn libssl_loaded_after_attach_is_probed() {
+    let _serial = require_root();
+    let dir = scratch_dir("tls-late");
+    let (cert, key) = make_cert(&dir);
+    const FRAMES: u64 = 3;
+    let mut child = Command::new("python3")
+        .arg(workspace_root().join("tests/servers/tls_late.py"))
+        .args(["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "--frames", &FRAMES.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
+    let pid = child.id();
+    let mut agent = Agent::attach(pid, &dir.join("report.json"), &[]);
+    let first = agent.log.iter().find(|l| l.contains("attached to pid")).cloned().unwrap_or_default();
+    assert!(first.contains("TLS: no libssl mapped yet"), "nothing to probe before the import: {first}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    agent.wait_for("TLS: probing", std::time::Duration::from_secs(15));
+    // libssl is mapped at the import; the context is made right after it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = load(port, &cert, 4, 2, true, "", "late");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = agent.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    let summary = &report["summary"];
+    assert_eq!(summary["requests"].as_u64().unwrap(), sent.len() as u64, "{summary}");
+    for r in report["requests"].as_array().unwrap() {
+        assert_eq!(r["chunks"].as_u64(), Some(FRAMES), "{r}");
+        assert!(r["partial"].is_null(), "{r}");
+    }
+    assert_eq!(summary["events"]["tls"]["connections_decoded"], 2, "{summary}");
+}
+
 /// A TLS client talking to a cleartext server (what a server on a TLS stack we do not probe
 /// looks like to the agent): the ClientHello is recognised, nothing is parsed as HTTP, and each
 /// such connection is counted as encrypted but not decoded.

@@ -21,7 +21,6 @@ import math
 import signal
 import io
 import socket
-import ssl
 import socketserver
 import sys
 import threading
@@ -231,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self):
-        if isinstance(self.request, ssl.SSLSocket):
+        if self.server.tls_context is not None and hasattr(self.request, "do_handshake"):
             # In the handler's thread, so a slow handshake never holds up the accept loop.
             self.request.do_handshake()
         super().setup()
@@ -360,6 +359,8 @@ def main():
     ap.add_argument("--truth", required=True, help="JSONL ground-truth output file")
     ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; needs --tls-key)")
     ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    ap.add_argument("--tls-on-signal", action="store_true",
+                    help="serve cleartext until SIGUSR1, then import ssl (which loads libssl) and serve HTTPS")
     args = ap.parse_args()
     # The truth stamps are taken right after recv()/before send(); with 8+ streams a thread that
     # has returned from recv() can wait a whole GIL switch interval (5 ms by default) before it
@@ -368,10 +369,20 @@ def main():
 
     server = Server(("127.0.0.1", args.port), Handler)
     server.truth = TruthLog(args.truth)
-    if args.tls_cert:
+
+    def enable_tls(*_):
+        # Imported here: a server that never serves TLS never maps libssl, and one started with
+        # --tls-on-signal maps it only when told (a library loaded after the agent attached).
+        import ssl
+
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
         server.tls_context = ctx
+
+    if args.tls_cert and args.tls_on_signal:
+        signal.signal(signal.SIGUSR1, enable_tls)
+    elif args.tls_cert:
+        enable_tls()
 
     def stop(signum, frame):
         raise SystemExit(0)

@@ -9,9 +9,11 @@ times, the difference (what the uprobe + uretprobe pair, the socket program's ci
 the plaintext record cost the writing thread) and the ratio.
 
     python3 tests/servers/tls_write_bench.py --agent target/release/inferscope --rounds 3
+    python3 tests/servers/tls_write_bench.py --peer bpftrace --rounds 3
 """
 
 import argparse
+import json
 import os
 import socket
 import ssl
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 PAYLOAD = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n"[:64].ljust(64, b" ")
 
 
@@ -33,10 +36,13 @@ def target(cert, key):
     conn, _ = ls.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s = ctx.wrap_socket(conn, server_side=True)
-    # A request first, so the agent's parser sees an exchange (and the socket is claimed by a read).
-    s.recv(4096)
     for line in sys.stdin:
         n = int(line.split()[1])
+        # Each batch answers a request read first: with the agent attached that read claims the
+        # connection and maps the SSL object to it, so every write below takes the whole path
+        # (probe pair, socket program dropping the ciphertext, plaintext record, parser).
+        s.recv(4096)
+        s.sendall(HEAD)
         t0 = time.perf_counter_ns()
         for _ in range(n):
             s.sendall(PAYLOAD)
@@ -44,13 +50,18 @@ def target(cert, key):
         print(f"NS_PER_WRITE {dt / n:.1f}", flush=True)
 
 
-def client(port, ca):
+def client(port, ca, writes):
     ctx = ssl.create_default_context(cafile=ca)
     ctx.check_hostname = False
     s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-    while s.recv(65536):
-        pass
+    while True:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        want = len(HEAD) + writes * len(PAYLOAD)
+        while want > 0:
+            got = s.recv(min(want, 65536))
+            if not got:
+                return
+            want -= len(got)
 
 
 def main():
@@ -58,6 +69,7 @@ def main():
     ap.add_argument("mode", nargs="?", default="driver")
     ap.add_argument("--agent", default="target/release/inferscope")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--peer", default="", help="bpftrace: the same probe pair with bpftrace instead of the agent")
     ap.add_argument("--writes", type=int, default=20000)
     ap.add_argument("--cert")
     ap.add_argument("--key")
@@ -66,7 +78,7 @@ def main():
     if args.mode == "target":
         return target(args.cert, args.key)
     if args.mode == "client":
-        return client(args.port, args.cert)
+        return client(args.port, args.cert, args.writes)
 
     tmp = tempfile.mkdtemp(prefix="tls-bench-")
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -77,7 +89,8 @@ def main():
     tgt = subprocess.Popen([sys.executable, me, "target", "--cert", cert, "--key", key],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(tgt.stdout.readline().split()[1])
-    cli = subprocess.Popen([sys.executable, me, "client", "--port", str(port), "--cert", cert])
+    cli = subprocess.Popen([sys.executable, me, "client", "--port", str(port), "--cert", cert,
+                            "--writes", str(args.writes)])
 
     def batch():
         tgt.stdin.write(f"run {args.writes}\n")
@@ -88,13 +101,26 @@ def main():
     rows = []
     for r in range(args.rounds):
         without = batch()
-        agent = subprocess.Popen([args.agent, "attach", "--pid", str(tgt.pid), "--quiet", "--json",
-                                  os.path.join(tmp, f"r{r}.json")], stderr=subprocess.PIPE, text=True)
-        for line in agent.stderr:
-            if "attached to pid" in line:
-                if "TLS: libssl probes" not in line:
-                    sys.exit(f"TLS probes not attached: {line}")
-                break
+        if args.peer == "bpftrace":
+            # The same probe pair with a minimal program (entry time per thread, a count at
+            # return): what any uprobe-based tool pays on this machine.
+            lib = "/lib/x86_64-linux-gnu/libssl.so.3"
+            prog = (f"uprobe:{lib}:SSL_write_ex {{ @s[tid] = nsecs; }} "
+                    f"uretprobe:{lib}:SSL_write_ex {{ @n = count(); delete(@s[tid]); }}")
+            agent = subprocess.Popen(["bpftrace", "-p", str(tgt.pid), "-e", prog],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for line in agent.stdout:
+                if line.startswith("Attaching"):
+                    break
+            time.sleep(1)
+        else:
+            agent = subprocess.Popen([args.agent, "attach", "--pid", str(tgt.pid), "--quiet", "--json",
+                                      os.path.join(tmp, f"r{r}.json")], stderr=subprocess.PIPE, text=True)
+            for line in agent.stderr:
+                if "attached to pid" in line:
+                    if "TLS: libssl probes" not in line:
+                        sys.exit(f"TLS probes not attached: {line}")
+                    break
         with_agent = batch()
         agent.send_signal(2)
         agent.wait()
@@ -104,6 +130,9 @@ def main():
     tgt.stdin.close()
     tgt.wait()
     cli.wait()
+    if args.peer != "bpftrace":
+        r = json.load(open(os.path.join(tmp, "r0.json")))["summary"]
+        print(f"round 1 agent: {r['events']['writes']} writes seen, kernel TLS counters {r['lost']['tls']}")
     d = sorted(w - wo for wo, w in rows)
     print(f"median extra per TLS write: {d[len(d) // 2]:.0f} ns")
 
