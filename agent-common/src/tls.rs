@@ -22,8 +22,12 @@ pub mod call {
 }
 
 /// The probed functions and their cookies.
-pub const SYMBOLS: [(&str, u32); 4] =
-    [("SSL_write", call::WRITE), ("SSL_write_ex", call::WRITE_EX), ("SSL_read", call::READ), ("SSL_read_ex", call::READ_EX)];
+pub const SYMBOLS: [(&str, u32); 4] = [
+    ("SSL_write", call::WRITE),
+    ("SSL_write_ex", call::WRITE_EX),
+    ("SSL_read", call::READ),
+    ("SSL_read_ex", call::READ_EX),
+];
 /// Probed at entry to forget an `SSL *` (its address is reused by the allocator).
 pub const FREE_SYMBOL: &str = "SSL_free";
 

@@ -82,8 +82,11 @@ fn check_tls_server(kind: ServerKind) {
     let _serial = require_root();
     let dir = scratch_dir(&format!("tls-{kind:?}"));
     let (cert, key) = make_cert(&dir);
-    let server =
-        Server::start_with_args(kind, &dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let server = Server::start_with_args(
+        kind,
+        &dir,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
     // Warm-up before attaching (each code path once: JIT, lazy imports, session caches).
     for (prefix, query, conc, ka, _) in SCENARIOS {
         load(server.port, &cert, *conc, *conc, *ka, query, &format!("warm{prefix}"));
@@ -158,7 +161,10 @@ fn check_tls_server(kind: ServerKind) {
     let with_tokens = truth.iter().filter(|t| t.first_token_ns.is_some()).count();
     assert_eq!(ttft_err.len(), with_tokens, "{kind:?}: every streamed request had a first token");
     assert!(median_ttft <= TTFT_MEDIAN_TOLERANCE_S, "{kind:?}: median TTFT error {median_ttft} s");
-    assert!(within_share >= TTFT_WITHIN_SHARE, "{kind:?}: TTFT within {TTFT_TOLERANCE_S} s for {within_share}; worst {worst}");
+    assert!(
+        within_share >= TTFT_WITHIN_SHARE,
+        "{kind:?}: TTFT within {TTFT_TOLERANCE_S} s for {within_share}; worst {worst}"
+    );
     let tls = &summary["events"]["tls"];
     assert_eq!(tls["connections_undecoded"], 0, "{kind:?}: {tls}");
     assert_eq!(tls["connections_decoded"].as_u64().unwrap(), connections as u64, "{kind:?}: {tls}");

@@ -68,8 +68,10 @@ impl SocketProbes {
         let mut links = Vec::new();
         for (name, offset, cookie) in points {
             let prog: &mut UProbe = program_mut(&mut self.ebpf, name)?;
-            let point =
-                UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie as u64) };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie as u64),
+            };
             let id = match prog.attach(point, binary, scope) {
                 Ok(id) => id,
                 Err(source) => {

@@ -39,7 +39,7 @@ pub struct Targets {
 
 impl Targets {
     pub fn new(max: usize) -> Self {
-        Self { by_pid: HashMap::new(), max, tls: Default::default() }
+        Self { by_pid: HashMap::new(), max, tls: crate::tls::TlsFollow::shared() }
     }
 
     pub fn contains(&self, pid: u32) -> bool {

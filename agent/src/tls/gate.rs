@@ -55,7 +55,9 @@ impl TlsGate {
             counters.ciphertext_records_dropped += 1;
             return false;
         }
-        if ev.kind == EventKind::Read && looks_like_tls_record(ev.data) && self.remember(key, State::Ciphertext, counters)
+        if ev.kind == EventKind::Read
+            && looks_like_tls_record(ev.data)
+            && self.remember(key, State::Ciphertext, counters)
         {
             counters.ciphertext_records_dropped += 1;
             return false;
@@ -145,7 +147,8 @@ mod tests {
     fn only_tls_record_headers_mark_a_connection_encrypted() {
         assert!(looks_like_tls_record(CLIENT_HELLO));
         assert!(looks_like_tls_record(&[0x17, 0x03, 0x03]));
-        for not in [&b"GET / HTTP/1.1"[..], b"PRI * HTTP/2.0", &[0x16, 0x03], &[0x16, 0x02, 0x00], &[0x18, 0x03, 0x03]] {
+        for not in [&b"GET / HTTP/1.1"[..], b"PRI * HTTP/2.0", &[0x16, 0x03], &[0x16, 0x02, 0x00], &[0x18, 0x03, 0x03]]
+        {
             assert!(!looks_like_tls_record(not), "{not:?}");
         }
     }

@@ -22,11 +22,17 @@ pub struct TlsTarget {
     pub free: Option<u64>,
     /// A Go binary: never given return probes.
     pub go: bool,
+    /// (device, inode): one file, whoever maps it.
+    pub file: FileKey,
 }
+
+pub type FileKey = ((u32, u32), u64);
 
 pub struct TlsResolver {
     pid: u32,
     searched: HashSet<((u32, u32), u64)>,
+    /// Candidate files the last scan opened (with or without the functions).
+    pub opened: Vec<FileKey>,
 }
 
 /// Is this file worth opening? libssl by name, `libnode` (embedders), or the executable.
@@ -49,20 +55,24 @@ pub fn functions(elf: &ElfSymbols) -> (Vec<(u64, u32)>, Option<u64>) {
 
 impl TlsResolver {
     pub fn new(pid: u32) -> Self {
-        Self { pid, searched: HashSet::new() }
+        Self { pid, searched: HashSet::new(), opened: Vec::new() }
     }
 
-    /// Files mapped since the last scan that export the functions.
-    pub fn scan(&mut self) -> Vec<TlsTarget> {
+    /// Files mapped since the last scan that export the functions; files in `skip` (already
+    /// handled for every process: the daemon's shared probes) are not opened.
+    pub fn scan(&mut self, skip: &HashSet<FileKey>) -> Vec<TlsTarget> {
         let Ok(modules) = symbols::modules(self.pid) else { return Vec::new() };
         // As the process sees it (a container's path), the way /proc/PID/maps names it.
         let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
         let mut out = Vec::new();
+        self.opened.clear();
         for m in &modules {
-            if m.vdso || !self.searched.insert((m.dev, m.inode)) || !candidate(&m.path, exe.as_deref()) {
+            let key = (m.dev, m.inode);
+            if m.vdso || skip.contains(&key) || !self.searched.insert(key) || !candidate(&m.path, exe.as_deref()) {
                 continue;
             }
             let Some(open) = &m.open_path else { continue };
+            self.opened.push(key);
             let elf = match ElfSymbols::load(open) {
                 Ok(e) => e,
                 Err(e) => {
@@ -74,7 +84,14 @@ impl TlsResolver {
             if calls.is_empty() {
                 continue;
             }
-            out.push(TlsTarget { module: m.path.clone(), open_path: open.clone(), calls, free, go: elf.is_go() });
+            out.push(TlsTarget {
+                module: m.path.clone(),
+                open_path: open.clone(),
+                calls,
+                free,
+                go: elf.is_go(),
+                file: key,
+            });
         }
         out
     }
