@@ -5,6 +5,7 @@
 //! change on both sides at once — which is the point of keeping it in one crate.
 #![no_std]
 
+pub mod tls;
 pub mod unwind;
 
 /// Bytes of payload the kernel copies per socket syscall. The parser only needs frame boundaries,
@@ -182,6 +183,8 @@ pub mod event_flag {
     /// The call's buffer could not be located (io_uring, sendfile/splice, a kernel worker: no
     /// syscall registers that describe it): `len` is exact, no bytes were captured.
     pub const NO_PAYLOAD: u32 = 1;
+    /// Plaintext handed to or taken from a TLS library (`tls` probes), not socket bytes.
+    pub const TLS_PLAINTEXT: u32 = 2;
 }
 
 /// What the socket-capture map `CONNS` holds per followed `struct sock *`.
@@ -406,4 +409,7 @@ mod user {
     unsafe impl aya::Pod for super::unwind::RowChunk {}
     unsafe impl aya::Pod for super::unwind::ProcMappings {}
     unsafe impl aya::Pod for super::unwind::UserStack {}
+    unsafe impl aya::Pod for super::tls::TlsCall {}
+    unsafe impl aya::Pod for super::tls::TlsSock {}
+    unsafe impl aya::Pod for super::tls::SslKey {}
 }

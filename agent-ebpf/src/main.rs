@@ -5,6 +5,7 @@
 //! | `socket` | raw tracepoints `sock_recv_length`, `sock_send_length`, `inet_sock_set_state` | stream capture (default) |
 //! | `syscalls` | `syscalls:sys_{enter,exit}_*` | stream capture fallback (kernels < 6.3 or without BTF) |
 //! | `stages` | uprobes / uretprobes | stage latency |
+//! | `tls` | uprobes / uretprobes on OpenSSL's `SSL_read`/`SSL_write` family, `SSL_free` | TLS plaintext |
 //! | `lifecycle` | `sched_process_exit`, `sched_process_exec` | per-thread cleanup, daemon discovery |
 //! | `sampling` | perf cpu-clock, `sched_switch` | CPU and off-CPU profiles |
 //! | `unwind` | `cpu_unwind` (tail-called by `cpu_sample`) | user stacks from `.eh_frame` tables |
@@ -23,6 +24,7 @@ mod sampling;
 mod socket;
 mod stages;
 mod syscalls;
+mod tls;
 mod unwind;
 
 #[cfg(not(test))]

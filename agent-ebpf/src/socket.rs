@@ -253,7 +253,7 @@ struct Record<const N: usize> {
 
 /// Reserves a record of class `N`, copies `min(want, N)` bytes from user memory straight into it.
 #[inline(always)]
-fn emit_flat<const N: usize>(mut header: EventHeader, src: u64, want: u64) {
+pub(crate) fn emit_flat<const N: usize>(mut header: EventHeader, src: u64, want: u64) {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         bump(counter::lost_for_kind(header.kind));
         return;
@@ -402,7 +402,7 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
             None => return 0,
         },
     };
-    if conn.id != 0 {
+    if conn.id != 0 && !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
         capture(EventKind::Read, &conn, ret as u64, ts, pid_tgid);
     }
     0
@@ -470,7 +470,10 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         // No clock read when the start is known (about 25 ns). A start is never stale: every
         // send that stamps one ends here on the same socket (sock_sendmsg), which takes it.
         let ts = if start != 0 { start } else { now_ns() };
-        capture(EventKind::Write, &conn, ret as u64, ts, bpf_get_current_pid_tgid());
+        let pid_tgid = bpf_get_current_pid_tgid();
+        if !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
+            capture(EventKind::Write, &conn, ret as u64, ts, pid_tgid);
+        }
     }
     0
 }
@@ -522,6 +525,7 @@ pub fn sock_state(ctx: RawTracePointContext) -> i32 {
                 if c.id != 0 {
                     filter_add(sk, -1);
                     slot_free(sk);
+                    crate::tls::forget_socket(sk);
                 }
                 let _ = CONNS.remove(&sk);
             }

@@ -126,6 +126,8 @@ struct Run {
     started: Instant,
     /// Workers followed besides the target (pre-fork servers), in the order found.
     workers: Vec<u32>,
+    /// libssl probes of the target and its workers.
+    tls: crate::tls::TlsFollow,
 }
 
 /// Runs until the duration elapses, Ctrl-C / SIGTERM, or the target exits; returns the report.
@@ -185,14 +187,17 @@ impl Run {
             run_start_ns: crate::event::monotonic_ns(),
             started: Instant::now(),
             workers: Vec::new(),
+            tls: crate::tls::TlsFollow::default(),
         };
         // Workers first: "attached" means every process serving the target's sockets is followed.
         run.follow_new_workers();
+        run.scan_tls();
         log::info!(
-            "attached to pid {} ({}), capture: {}{}",
+            "attached to pid {} ({}), capture: {}, {}{}",
             run.opts.pid,
             run.target.comm,
             run.ingest.probes.mode.name(),
+            run.tls.describe(run.ingest.probes.mode),
             if existing == 0 { String::new() } else { format!(", following {existing} open inbound connection(s)") }
         );
         Ok(run)
@@ -221,6 +226,13 @@ impl Run {
         }
     }
 
+    /// Probes TLS functions in files the target and its workers mapped since the last look.
+    fn scan_tls(&mut self) {
+        for pid in [self.opts.pid].into_iter().chain(self.workers.iter().copied()) {
+            self.tls.scan(&mut self.ingest.probes, pid);
+        }
+    }
+
     /// The target (or a worker) exec'd: same PID, new program. Say so once, record it for the
     /// report, and drop what was cached about the old image (symbols, mappings).
     fn notice_execs(&mut self) {
@@ -234,6 +246,8 @@ impl Run {
             // Samples taken before the exec are symbolized while the old maps are gone: what is
             // still unresolved then comes out as [unknown], never as a frame of the new program.
             self.symbolizer.forget_pid(ev.tgid);
+            // The new image maps its own files: TLS functions are searched again.
+            self.tls.forget(&mut self.ingest.probes, ev.tgid);
             let Ok(now) = procfs::target_info(ev.tgid) else { continue };
             let at_s = ev.ts_ns.saturating_sub(self.run_start_ns) as f64 / 1e9;
             let from_comm =
@@ -309,6 +323,7 @@ impl Run {
     /// exists, and probe stage functions in libraries loaded since the last look (dlopen).
     fn rescan(&mut self) {
         self.follow_new_workers();
+        self.scan_tls();
         let probes = &self.ingest.probes;
         let mut symbolize = |what: &str, read: Result<crate::profile::RawProfile, crate::bpf::ProbeError>| match read {
             Ok(raw) => crate::profile::symbolize_new(&raw, &mut self.symbolizer, &mut self.user_frames),

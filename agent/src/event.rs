@@ -15,6 +15,8 @@ pub struct Event<'a> {
     pub len: u64,
     /// The buffer could not be located (`event_flag::NO_PAYLOAD`): `len` is exact, `data` empty.
     pub no_payload: bool,
+    /// Plaintext from the TLS probes (`event_flag::TLS_PLAINTEXT`), not socket bytes.
+    pub tls: bool,
     /// Captured prefix of those bytes.
     pub data: &'a [u8],
 }
@@ -49,6 +51,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         conn: h.conn,
         len: h.len.max(captured as u64),
         no_payload: h.flags & event_flag::NO_PAYLOAD != 0,
+        tls: h.flags & event_flag::TLS_PLAINTEXT != 0,
         data: &bytes[HEADER_LEN..HEADER_LEN + captured],
     })
 }

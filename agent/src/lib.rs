@@ -14,5 +14,6 @@ pub mod profile;
 pub mod report;
 pub mod stages;
 pub mod symbols;
+pub mod tls;
 pub mod tracker;
 pub mod unwind;

@@ -29,6 +29,8 @@ pub struct EventCounters {
     /// Connections with a request in flight that saw no event for the idle timeout (their close
     /// record was lost, or the peer vanished): ended, their streams reported partial.
     pub idle_expired: u64,
+    /// TLS: connections decoded / seen encrypted but not decoded, ciphertext dropped here.
+    pub tls: crate::tls::gate::TlsCounters,
 }
 
 /// A finished exchange and the process it belongs to.
@@ -45,6 +47,8 @@ pub struct Tracker {
     pub events: EventCounters,
     /// Parse counters of connections already closed (live ones are added on demand).
     closed: ParseCounters,
+    /// Keeps encrypted socket bytes away from the parsers.
+    tls: crate::tls::gate::TlsGate,
 }
 
 impl Tracker {
@@ -80,6 +84,7 @@ impl Tracker {
             EventKind::Accept => {
                 self.events.accepts += 1;
                 // A reused fd number means the old connection is gone even if its close was lost.
+                self.tls.end(key, &mut self.events.tls);
                 if let Some(mut old) = self.conns.remove(&key) {
                     old.end("connection replaced before the stream ended", &mut records);
                     add(&mut self.closed, &old.counters);
@@ -96,12 +101,16 @@ impl Tracker {
             }
             EventKind::Close => {
                 self.events.closes += 1;
+                self.tls.end(key, &mut self.events.tls);
                 if let Some(mut c) = self.conns.remove(&key) {
                     c.end("connection closed before the stream ended", &mut records);
                     add(&mut self.closed, &c.counters);
                 }
             }
             EventKind::Read | EventKind::Write => {
+                if !self.tls.admit(key, ev, &mut self.events.tls) {
+                    return;
+                }
                 let is_read = ev.kind == EventKind::Read;
                 if is_read {
                     self.events.reads += 1;
@@ -139,6 +148,7 @@ impl Tracker {
     pub fn forget_process(&mut self, tgid: u32, reason: &'static str, out: &mut Vec<Finished>) {
         let keys: Vec<_> = self.conns.keys().filter(|k| k.0 == tgid).copied().collect();
         for k in keys {
+            self.tls.end(k, &mut self.events.tls);
             if let Some(mut c) = self.conns.remove(&k) {
                 let mut records = Vec::new();
                 c.end(reason, &mut records);
@@ -160,6 +170,7 @@ impl Tracker {
             .map(|(k, _)| *k)
             .collect();
         for k in &idle {
+            self.tls.end(*k, &mut self.events.tls);
             if let Some(mut c) = self.conns.remove(k) {
                 let mut records = Vec::new();
                 c.end("no event for the idle timeout: the stream's end was not seen", &mut records);
@@ -240,7 +251,7 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind, ts_ns: u64, data: &[u8]) -> Event<'_> {
-        Event { kind, ts_ns, tgid: 7, tid: 7, conn: 1, len: data.len() as u64, no_payload: false, data }
+        Event { kind, ts_ns, tgid: 7, tid: 7, conn: 1, len: data.len() as u64, no_payload: false, tls: false, data }
     }
 
     #[test]

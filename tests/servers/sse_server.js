@@ -27,6 +27,7 @@
 
 const fs = require('fs');
 const http = require('http');
+const https = require('https');
 
 const SERVER_NAME = 'node';
 const STREAM_PREFIX = '/v1/chat/completions';
@@ -185,24 +186,26 @@ function toJson(obj) {
 }
 
 function parseArgs(argv) {
-  const args = { port: 0, truth: null };
+  const args = { port: 0, truth: null, tlsCert: null, tlsKey: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const [flag, inline] = a.includes('=') ? a.split(/=(.*)/s) : [a, undefined];
     const value = () => (inline !== undefined ? inline : argv[++i]);
     if (flag === '--port') args.port = Number(value());
     else if (flag === '--truth') args.truth = value();
+    else if (flag === '--tls-cert') args.tlsCert = value();
+    else if (flag === '--tls-key') args.tlsKey = value();
     else throw new Error(`unknown argument ${a}`);
   }
   if (!args.truth || !Number.isInteger(args.port)) {
-    throw new Error('usage: sse_server.js --truth FILE [--port P]');
+    throw new Error('usage: sse_server.js --truth FILE [--port P] [--tls-cert PEM --tls-key PEM]');
   }
   return args;
 }
 
 // Runs one res.* call and describes it as a truth write entry. Returns null when the
 // call queued no bytes (res.end() of a close-delimited body), which is not a write.
-function timedWrite(res, events, fn) {
+function timedWrite(res, events, fn, isHead = false) {
   const sock = res.socket;
   const before = sock ? sock.bytesWritten : 0;
   const ts = process.hrtime.bigint();
@@ -210,7 +213,10 @@ function timedWrite(res, events, fn) {
   // Flush now rather than on the next tick (see the header comment).
   if (sock) while (sock.writableCorked > 0) sock.uncork();
   const bytes = sock ? sock.bytesWritten - before : 0;
-  if (bytes <= 0) return null;
+  // A TLS socket counts a write's bytes only once the write completes, which is later when an
+  // earlier write is still in flight: flushing the response head always writes, whatever the
+  // count says at this instant.
+  if (bytes <= 0 && !isHead) return null;
   writesTotal++;
   return { ts_ns: ts, bytes, content_events: events };
 }
@@ -243,7 +249,7 @@ async function serveStream(req, res, p, meta, truthFd) {
       res.removeHeader('Transfer-Encoding');
     }
     res.writeHead(200);
-    if (!p.coalesce) record(timedWrite(res, 0, () => res.flushHeaders()));
+    if (!p.coalesce) record(timedWrite(res, 0, () => res.flushHeaders(), true));
     for (const step of ssePlan(p)) {
       await pause(step.delayMs);
       if (aborted) return;
@@ -304,7 +310,9 @@ function handle(req, res, requestNs, truthFd) {
 function main() {
   const args = parseArgs(process.argv.slice(2));
   const truthFd = fs.openSync(args.truth, 'w');
-  const server = http.createServer((req, res) => {
+  // --tls-cert/--tls-key: HTTPS through Node's own (statically linked) OpenSSL.
+  const tls = args.tlsCert ? { cert: fs.readFileSync(args.tlsCert), key: fs.readFileSync(args.tlsKey) } : null;
+  const onRequest = (req, res) => {
     // request_ns must be when the last request byte was read, not when JS got to 'end'
     // (which can lag by milliseconds behind other streams' timers). 'request' is emitted
     // synchronously from the parser inside the read callback, right after the read syscall;
@@ -319,7 +327,8 @@ function main() {
       const requestNs = completeInFirstRead ? atRequest : process.hrtime.bigint();
       handle(req, res, requestNs, truthFd);
     });
-  });
+  };
+  const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
   // Idle keep-alive connections would otherwise be dropped after 5 s, which a slow
   // test driving a pooled client can hit between requests.
   server.keepAliveTimeout = 60000;

@@ -230,6 +230,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self):
+        if self.server.tls_context is not None and hasattr(self.request, "do_handshake"):
+            # In the handler's thread, so a slow handshake never holds up the accept loop.
+            self.request.do_handshake()
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Truth for request_ns must be the moment the last request byte left the kernel, not
@@ -329,6 +332,15 @@ class Server(ThreadingHTTPServer):
     # dropped SYN costs a 1 s retransmit that would show up as bogus latency.
     request_queue_size = 128
 
+    # Set by --tls-cert/--tls-key: accepted sockets are wrapped in TLS (OpenSSL through `ssl`).
+    tls_context = None
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.tls_context is not None:
+            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
     def server_bind(self):
         # HTTPServer.server_bind() does a reverse DNS lookup we neither need nor want.
         socketserver.TCPServer.server_bind(self)
@@ -345,6 +357,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--truth", required=True, help="JSONL ground-truth output file")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; needs --tls-key)")
+    ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    ap.add_argument("--tls-on-signal", action="store_true",
+                    help="serve cleartext until SIGUSR1, then import ssl (which loads libssl) and serve HTTPS")
     args = ap.parse_args()
     # The truth stamps are taken right after recv()/before send(); with 8+ streams a thread that
     # has returned from recv() can wait a whole GIL switch interval (5 ms by default) before it
@@ -353,6 +369,20 @@ def main():
 
     server = Server(("127.0.0.1", args.port), Handler)
     server.truth = TruthLog(args.truth)
+
+    def enable_tls(*_):
+        # Imported here: a server that never serves TLS never maps libssl, and one started with
+        # --tls-on-signal maps it only when told (a library loaded after the agent attached).
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.tls_context = ctx
+
+    if args.tls_cert and args.tls_on_signal:
+        signal.signal(signal.SIGUSR1, enable_tls)
+    elif args.tls_cert:
+        enable_tls()
 
     def stop(signum, frame):
         raise SystemExit(0)

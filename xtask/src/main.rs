@@ -209,6 +209,8 @@ fn setup() -> Result<()> {
         ("python3", "python3"),
         ("node", "nodejs"),
         ("curl", "curl"),
+        // TLS tests make a throwaway self-signed certificate at test time.
+        ("openssl", "openssl"),
         ("strace", "strace"),
         ("perf", "linux-perf"),
         ("cc", "gcc"),

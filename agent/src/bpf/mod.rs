@@ -6,6 +6,7 @@ mod capture;
 mod privileges;
 pub mod sampling;
 mod stages;
+pub mod tls;
 mod unwind;
 
 pub use privileges::{check_daemon_capabilities, check_privileges};
@@ -100,6 +101,8 @@ pub struct KernelCounters {
     pub listen_ports_full: u64,
     /// Multi-iovec buffers copied through the scratch area.
     pub scratch_copies: u64,
+    /// TLS plaintext capture (libssl probes).
+    pub tls: tls::TlsKernelCounters,
 }
 
 impl KernelCounters {
@@ -125,6 +128,7 @@ pub struct SocketProbes {
     listen_ports: std::collections::HashMap<u16, std::collections::HashSet<u32>>,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     stages_loaded: bool,
+    tls_loaded: bool,
     sched_exit_attached: bool,
     /// Uprobe links attached (entry and return counted separately).
     pub uprobes_attached: usize,
@@ -209,6 +213,7 @@ impl SocketProbes {
             listen_ports: Default::default(),
             _logger: logger,
             stages_loaded: false,
+            tls_loaded: false,
             sched_exit_attached: false,
             uprobes_attached: 0,
             unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
@@ -348,6 +353,7 @@ impl SocketProbes {
             claimed: get(counter::CLAIMED),
             listen_ports_full: get(counter::LISTEN_PORTS_FULL),
             scratch_copies: get(counter::SCRATCH_COPIES),
+            tls: self.tls_counters(),
         }
     }
 

@@ -166,6 +166,7 @@ impl Daemon {
         let idle = Duration::from_secs_f64(self.cfg.stream_idle_timeout_seconds);
         self.ingest.expire_idle(idle, &mut self.targets.sink(&mut self.metrics, self.uprobes.stage_names()));
         self.targets.scan_stages(&mut self.ingest, &mut self.uprobes, &self.metrics);
+        self.targets.scan_tls(&mut self.ingest);
         let linger = Duration::from_secs_f64(self.cfg.uprobe_linger_seconds);
         self.uprobes.expire(now, linger, &mut self.ingest.probes);
         self.health.update(&self.ingest, &self.targets, self.labels.pods(), &mut self.metrics);

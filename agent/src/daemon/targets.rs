@@ -33,11 +33,13 @@ pub struct Targets {
     by_pid: HashMap<u32, Target>,
     /// `max_targets` from the config.
     max: usize,
+    /// libssl probes of the followed processes (one set per process).
+    tls: crate::tls::TlsFollow,
 }
 
 impl Targets {
     pub fn new(max: usize) -> Self {
-        Self { by_pid: HashMap::new(), max }
+        Self { by_pid: HashMap::new(), max, tls: crate::tls::TlsFollow::shared() }
     }
 
     pub fn contains(&self, pid: u32) -> bool {
@@ -107,6 +109,7 @@ impl Targets {
                 return;
             }
         };
+        self.tls.scan(&mut ingest.probes, pid);
         let labels = labels.of(rule, &cg);
         metrics.target_alive(&labels);
         let mut target = Target { id, rule: ri, cgroup: cg, labels, stages: None, worker_of: None };
@@ -143,6 +146,7 @@ impl Targets {
         }
         // Its streams still open end here, as partial records counted under its labels.
         let conns = ingest.unfollow(pid, "process exited mid-stream", &mut self.sink(metrics, pool.stage_names()));
+        self.tls.forget(&mut ingest.probes, pid);
         let Some(t) = self.by_pid.remove(&pid) else { return };
         let uprobes = t.stages.as_ref().map_or(0, |s| pool.release(s));
         if !self.by_pid.values().any(|o| o.labels == t.labels) {
@@ -185,6 +189,14 @@ impl Targets {
             if let Some(stages) = &mut t.stages {
                 pool.scan(*pid, stages, false, &mut ingest.probes, &metrics.attach_errors);
             }
+        }
+    }
+
+    /// Probes TLS functions in files the targets mapped since the last look (a libssl loaded
+    /// when the server first imports its TLS module).
+    pub fn scan_tls(&mut self, ingest: &mut Ingest) {
+        for pid in self.by_pid.keys() {
+            self.tls.scan(&mut ingest.probes, *pid);
         }
     }
 }

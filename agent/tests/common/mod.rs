@@ -73,6 +73,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(kind: ServerKind, dir: &Path) -> Server {
+        Self::start_with_args(kind, dir, &[])
+    }
+
+    /// [`Server::start`] with extra server arguments (e.g. `--tls-cert`/`--tls-key`).
+    pub fn start_with_args(kind: ServerKind, dir: &Path, extra: &[&str]) -> Server {
         let truth = dir.join(format!("{kind:?}-truth.jsonl").to_lowercase());
         let root = workspace_root();
         // The servers stamp their own truth right after/before each syscall. On a 2-core machine
@@ -87,7 +92,7 @@ impl Server {
             ServerKind::Node => cmd.arg("node").arg(root.join("tests/servers/sse_server.js")),
             ServerKind::Uring => cmd.arg(c_fixture(dir, "uring_sse", &["-luring"])),
         };
-        cmd.args(["--port", "0", "--truth"]).arg(&truth).stdout(Stdio::piped());
+        cmd.args(["--port", "0", "--truth"]).arg(&truth).args(extra).stdout(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {kind:?} server: {e}"));
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();

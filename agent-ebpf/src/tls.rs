@@ -1,0 +1,209 @@
+//! TLS plaintext: uprobes on OpenSSL's `SSL_write`/`SSL_write_ex`/`SSL_read`/`SSL_read_ex`
+//! (entry and return, the attach cookie says which) and `SSL_free`.
+//!
+//! - Entry (`ssl_enter`): the thread is "in an SSL call": its `SSL *`, buffer and entry time go
+//!   to `TLS_CALLS`.
+//! - The socket programs call [`ciphertext`] for every followed socket I/O: it remembers the
+//!   thread's last socket (`LAST_SOCK`) and answers whether the bytes are ciphertext to drop —
+//!   the socket is known TLS (`TLS_SOCKS`), or the thread is inside an SSL call right now (then
+//!   the socket becomes known TLS).
+//! - Return (`ssl_exit`): the call's connection is the socket the thread used during the call
+//!   (OpenSSL on a socket BIO: Python's `ssl`), else the one the `SSL *` was mapped to before,
+//!   else, for a read, the socket the thread read last (memory BIOs: Node reads the socket, then
+//!   hands the ciphertext to `SSL_read` on the same thread). The plaintext goes out as a
+//!   `Read`/`Write` record of that connection flagged `TLS_PLAINTEXT`, stamped at the hand-over:
+//!   a write at `SSL_write`'s entry, a read at `SSL_read`'s return.
+
+use agent_common::{
+    event_flag,
+    tls::{call, counter, limits, SslKey, TlsCall, TlsSock, STATE_ENABLED},
+    ConnInfo, EventHeader, EventKind, MAX_CAPTURE,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated},
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext as _,
+};
+
+use crate::common::{is_target, now_ns};
+use crate::socket::emit_flat;
+
+#[map]
+static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(limits::TLS_CALLS, 0);
+#[map]
+static SSL_CONNS: LruHashMap<SslKey, TlsSock> = LruHashMap::with_max_entries(limits::SSL_CONNS, 0);
+/// Sockets that carry TLS → their connection id.
+#[map]
+static TLS_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(limits::TLS_SOCKS, 0);
+#[map]
+static LAST_SOCK: LruHashMap<u64, TlsSock> = LruHashMap::with_max_entries(limits::LAST_SOCK, 0);
+#[map]
+static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static TLS_STATE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = TLS_COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Called by the socket programs for a followed connection's I/O: true when the bytes are
+/// ciphertext (dropped, counted).
+#[inline(always)]
+pub fn ciphertext(sk: u64, conn: &ConnInfo, pid_tgid: u64, ts_ns: u64) -> bool {
+    if TLS_STATE.get(STATE_ENABLED).is_none_or(|on| *on == 0) {
+        return false;
+    }
+    let sock = TlsSock { sk, id: conn.id, ts_ns, tgid: conn.tgid, _pad: 0 };
+    let _ = LAST_SOCK.insert(&pid_tgid, &sock, 0);
+    // SAFETY: read-only lookups, values not kept.
+    if unsafe { TLS_SOCKS.get(&sk) }.is_some() {
+        bump(counter::CIPHERTEXT_DROPPED);
+        return true;
+    }
+    if unsafe { TLS_CALLS.get(&pid_tgid) }.is_some() {
+        let _ = TLS_SOCKS.insert(&sk, &conn.id, 0);
+        bump(counter::CIPHERTEXT_DROPPED);
+        return true;
+    }
+    false
+}
+
+/// The socket closed for good: a later socket at the same address is a new connection.
+#[inline(always)]
+pub fn forget_socket(sk: u64) {
+    // SAFETY: read-only lookup.
+    if unsafe { TLS_SOCKS.get(&sk) }.is_some() {
+        let _ = TLS_SOCKS.remove(&sk);
+    }
+}
+
+#[uprobe]
+pub fn ssl_enter(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_target((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: the context pointer comes from the kernel.
+    let kind = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let c = TlsCall {
+        ts_ns: now_ns(),
+        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        buf: ctx.arg::<u64>(1).unwrap_or(0),
+        count_out: if call::is_ex(kind) { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 },
+        kind,
+        _pad: 0,
+    };
+    if TLS_CALLS.insert(&pid_tgid, &c, 0).is_err() {
+        bump(counter::CALLS_FULL);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: read-only lookup, value copied.
+    let Some(c) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = TLS_CALLS.remove(&pid_tgid);
+    let ret = ctx.ret::<u64>() as i32;
+    if ret <= 0 {
+        return 0; // nothing moved (WANT_READ/WANT_WRITE, EOF, error)
+    }
+    let moved = if call::is_ex(c.kind) {
+        // SAFETY: fault-tolerant user read of the `size_t *` the caller passed.
+        match unsafe { bpf_probe_read_user(c.count_out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => return 0,
+        }
+    } else {
+        ret as u64
+    };
+    if moved == 0 {
+        return 0;
+    }
+    let is_read = call::is_read(c.kind);
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey { ssl: c.ssl, tgid: tgid as u64 };
+    // A zero-initialised value filled from map pointers (an `Option` of a struct copied out of
+    // a map leaves registers the verifier rejects as unread on the `None` path).
+    let mut sock = TlsSock::default();
+    let mut found = false;
+    let last = LAST_SOCK.get_ptr(&pid_tgid);
+    if let Some(p) = last {
+        // SAFETY: map value pointer, copied.
+        let s = unsafe { *p };
+        if s.ts_ns >= c.ts_ns && s.tgid == tgid {
+            // The thread moved bytes on a followed socket during this very call.
+            sock = s;
+            found = true;
+            let _ = SSL_CONNS.insert(&key, &sock, 0);
+        }
+    }
+    if !found {
+        if let Some(p) = SSL_CONNS.get_ptr(&key) {
+            // SAFETY: map value pointer, copied.
+            let s = unsafe { *p };
+            // Still the same live connection (its socket is still known TLS with that id).
+            // SAFETY: read-only lookup.
+            if unsafe { TLS_SOCKS.get(&s.sk) }.is_some_and(|id| *id == s.id) {
+                sock = s;
+                found = true;
+            }
+        }
+    }
+    if !found && is_read {
+        if let Some(p) = last {
+            // SAFETY: map value pointer, copied.
+            let s = unsafe { *p };
+            if s.tgid == tgid {
+                sock = s;
+                found = true;
+                let _ = SSL_CONNS.insert(&key, &sock, 0);
+                let _ = TLS_SOCKS.insert(&sock.sk, &sock.id, 0);
+            }
+        }
+    }
+    if !found {
+        bump(counter::UNMAPPED);
+        return 0;
+    }
+    bump(counter::PLAINTEXT);
+    let header = EventHeader {
+        ts_ns: if is_read { now_ns() } else { c.ts_ns },
+        len: moved,
+        conn: sock.id,
+        tgid,
+        tid: pid_tgid as u32,
+        kind: if is_read { EventKind::Read as u16 } else { EventKind::Write as u16 },
+        captured: 0,
+        flags: event_flag::TLS_PLAINTEXT,
+    };
+    let want = if moved < MAX_CAPTURE as u64 { moved } else { MAX_CAPTURE as u64 };
+    if want <= 64 {
+        emit_flat::<64>(header, c.buf, want)
+    } else if want <= 256 {
+        emit_flat::<256>(header, c.buf, want)
+    } else if want <= 1024 {
+        emit_flat::<1024>(header, c.buf, want)
+    } else {
+        emit_flat::<MAX_CAPTURE>(header, c.buf, want)
+    }
+    0
+}
+
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = SslKey { ssl: ctx.arg::<u64>(0).unwrap_or(0), tgid: pid_tgid >> 32 };
+    // SAFETY: read-only lookup.
+    if unsafe { SSL_CONNS.get(&key) }.is_some() {
+        let _ = SSL_CONNS.remove(&key);
+    }
+    0
+}
