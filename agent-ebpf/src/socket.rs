@@ -402,7 +402,7 @@ pub fn sock_recv(ctx: RawTracePointContext) -> i32 {
             None => return 0,
         },
     };
-    if conn.id != 0 && !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
+    if conn.id != 0 && !crate::tls::ciphertext(sk, &conn, pid_tgid, ts, true) {
         capture(EventKind::Read, &conn, ret as u64, ts, pid_tgid);
     }
     0
@@ -471,7 +471,7 @@ pub fn sock_send(ctx: RawTracePointContext) -> i32 {
         // send that stamps one ends here on the same socket (sock_sendmsg), which takes it.
         let ts = if start != 0 { start } else { now_ns() };
         let pid_tgid = bpf_get_current_pid_tgid();
-        if !crate::tls::ciphertext(sk, &conn, pid_tgid, ts) {
+        if !crate::tls::ciphertext(sk, &conn, pid_tgid, ts, false) {
             capture(EventKind::Write, &conn, ret as u64, ts, pid_tgid);
         }
     }

@@ -53,20 +53,27 @@ fn bump(idx: u32) {
 }
 
 /// Called by the socket programs for a followed connection's I/O: true when the bytes are
-/// ciphertext (dropped, counted).
+/// ciphertext (dropped, counted). The thread's last socket is remembered for reads (a memory BIO
+/// reads the socket before `SSL_read`) and for I/O inside an SSL call (a socket BIO); a cleartext
+/// write outside any SSL call, the common case of a server that maps libssl but serves plain
+/// HTTP, costs two lookups and no map update.
 #[inline(always)]
-pub fn ciphertext(sk: u64, conn: &ConnInfo, pid_tgid: u64, ts_ns: u64) -> bool {
+pub fn ciphertext(sk: u64, conn: &ConnInfo, pid_tgid: u64, ts_ns: u64, is_read: bool) -> bool {
     if TLS_STATE.get(STATE_ENABLED).is_none_or(|on| *on == 0) {
         return false;
     }
-    let sock = TlsSock { sk, id: conn.id, ts_ns, tgid: conn.tgid, _pad: 0 };
-    let _ = LAST_SOCK.insert(&pid_tgid, &sock, 0);
-    // SAFETY: read-only lookups, values not kept.
+    // SAFETY: read-only lookup, value not kept.
+    let in_call = unsafe { TLS_CALLS.get(&pid_tgid) }.is_some();
+    if is_read || in_call {
+        let sock = TlsSock { sk, id: conn.id, ts_ns, tgid: conn.tgid, _pad: 0 };
+        let _ = LAST_SOCK.insert(&pid_tgid, &sock, 0);
+    }
+    // SAFETY: read-only lookup, value not kept.
     if unsafe { TLS_SOCKS.get(&sk) }.is_some() {
         bump(counter::CIPHERTEXT_DROPPED);
         return true;
     }
-    if unsafe { TLS_CALLS.get(&pid_tgid) }.is_some() {
+    if in_call {
         let _ = TLS_SOCKS.insert(&sk, &conn.id, 0);
         bump(counter::CIPHERTEXT_DROPPED);
         return true;
