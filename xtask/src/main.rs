@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod capture_bench;
 mod daemon_bench;
+mod grpc;
 mod llama;
 mod measure;
 
@@ -76,6 +77,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
+            std::env::set_var("INFERSCOPE_GRPC_PYTHON", grpc::ensure_python()?);
             test(&args)
         }
         Cmd::Llama => {
