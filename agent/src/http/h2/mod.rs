@@ -33,8 +33,11 @@ pub const MAX_BLOCK: usize = 64 * 1024;
 /// What could not be followed on HTTP/2 connections, and why.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct H2Counters {
-    /// Connections followed as HTTP/2 (preface seen, or frames recognised on a joined one).
+    /// Connections followed as HTTP/2 from their client preface.
     pub connections: u64,
+    /// Connections recognised as HTTP/2 from whole frames, without a preface: opened before
+    /// attach (or frames read after a close we saw, such as a client's GOAWAY).
+    pub joined: u64,
     /// Requests (streams opened by a decodable header block).
     pub streams: u64,
     /// Header blocks that could not be decoded (a connection joined after attach refers to
@@ -56,6 +59,7 @@ pub struct H2Counters {
 impl H2Counters {
     pub fn add(&mut self, o: &Self) {
         self.connections += o.connections;
+        self.joined += o.joined;
         self.streams += o.streams;
         self.undecodable_headers += o.undecodable_headers;
         self.streams_dropped += o.streams_dropped;
@@ -121,7 +125,11 @@ impl H2Conn {
     /// `synced`: both directions start on a frame boundary (a fresh connection, after its
     /// preface). Otherwise (joined) each direction waits for a read/write that is whole frames.
     pub fn new(synced: bool, counters: &mut ParseCounters) -> Self {
-        counters.h2.connections += 1;
+        if synced {
+            counters.h2.connections += 1;
+        } else {
+            counters.h2.joined += 1;
+        }
         Self { rd: Side::new(synced), wr: Side::new(synced), streams: HashMap::new(), write_seq: 0, done: Vec::new() }
     }
 

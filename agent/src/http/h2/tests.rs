@@ -122,7 +122,7 @@ fn a_connection_joined_after_attach_resyncs_and_counts_what_it_cannot_decode() {
     let mut c = Connection::new(false);
     let recs = replay(&mut c, &calls[1..], None, usize::MAX);
     assert!(recs.is_empty(), "no stream is guessed: {recs:?}");
-    assert_eq!(c.counters.h2.connections, 1, "recognised as HTTP/2 from whole frames");
+    assert_eq!((c.counters.h2.connections, c.counters.h2.joined), (0, 1), "recognised as HTTP/2 from whole frames");
     assert!(c.counters.unmatched_responses + c.counters.h2.undecodable_headers >= 1, "{:?}", c.counters);
 }
 
@@ -307,5 +307,16 @@ fn garbage_never_panics_and_stays_bounded() {
         }
         c.end("closed", &mut out);
         assert!(out.len() <= MAX_STREAMS);
+    }
+}
+
+#[test]
+fn grpc_method_names_survive_route_templating_and_ids_do_not() {
+    use crate::http::route::route_template;
+    assert_eq!(route_template(PATH), PATH);
+    let vertex = "/google.cloud.aiplatform.v1.PredictionService/StreamGenerateContent";
+    assert_eq!(route_template(vertex), vertex);
+    for leaky in ["/files.get/AKIAIOSFODNN7EXAMPLE", "/x.y/sk-abc", "/eyJhbGciOi.eyJzdWIi/sig", "/svc.Api/XkcdQzwrtPlm"] {
+        assert_ne!(route_template(leaky), leaky, "{leaky}");
     }
 }
