@@ -54,7 +54,8 @@ fn start(program: &Path, args: &[&str], truth: &Path) -> (Proc, u16) {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("server said {line:?}")).parse().unwrap();
+    let port =
+        line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("server said {line:?}")).parse().unwrap();
     (Proc(child), port)
 }
 
@@ -62,7 +63,11 @@ fn start(program: &Path, args: &[&str], truth: &Path) -> (Proc, u16) {
 fn client(program: &Path, args: &[&str]) -> HashMap<String, Value> {
     let out = Command::new(program).args(args).output().expect("client");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("DONE"), "client failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("DONE"),
+        "client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -100,7 +105,13 @@ fn check_timing(ctx: &str, r: &Value, t: &Value, sent_ns: u64, ft_lag_ns: u64, t
     within(ctx, "request", u(&r["request_ns"]), sent_ns, u(&t["request_ns"]) + EARLY_NS);
     let ft = u(&t["first_token_ns"]);
     within(ctx, "first token", u(&r["first_token_ns"]), ft - EARLY_NS, ft + ft_lag_ns);
-    let content: Vec<u64> = t["writes"].as_array().unwrap().iter().filter(|w| u(&w["content_events"]) > 0).map(|w| u(&w["ts_ns"])).collect();
+    let content: Vec<u64> = t["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| u(&w["content_events"]) > 0)
+        .map(|w| u(&w["ts_ns"]))
+        .collect();
     let itl = r["itl_s"].as_array().unwrap();
     // Writes of concurrent streams can share one syscall, never split one stream's write.
     assert!(itl.len() < content.len().max(1), "{ctx}: {} gaps for {} content writes", itl.len(), content.len());
@@ -132,7 +143,8 @@ fn node_h2c_sse_streams_match_ground_truth() {
     let dir = scratch_dir("h2c");
     let root = workspace_root();
     let node = Path::new("node");
-    let (server, port) = start(node, &[root.join("tests/servers/sse_server_h2.js").to_str().unwrap()], &dir.join("truth.jsonl"));
+    let (server, port) =
+        start(node, &[root.join("tests/servers/sse_server_h2.js").to_str().unwrap()], &dir.join("truth.jsonl"));
     let client_js = root.join("tests/servers/h2_client.js");
     let port_s = port.to_string();
     let query = "tokens=8&interval_ms=12&prefill_ms=15";

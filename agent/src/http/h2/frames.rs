@@ -67,9 +67,22 @@ pub enum Piece<'a> {
 enum State {
     /// Not on a frame boundary: wait for a write that is whole frames.
     Lost,
-    Header { buf: [u8; HEADER], have: usize },
-    Data { header: FrameHeader, pad_len_pending: bool, data_left: u32, pad_left: u32 },
-    Other { header: FrameHeader, left: u32, buf: Vec<u8>, lost: bool },
+    Header {
+        buf: [u8; HEADER],
+        have: usize,
+    },
+    Data {
+        header: FrameHeader,
+        pad_len_pending: bool,
+        data_left: u32,
+        pad_left: u32,
+    },
+    Other {
+        header: FrameHeader,
+        left: u32,
+        buf: Vec<u8>,
+        lost: bool,
+    },
 }
 
 #[derive(Debug)]

@@ -42,7 +42,15 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(method: Box<str>, path: Box<str>, ts_ns: u64, tid: u32) -> Self {
-        Self { method, path, model: ModelScan::default(), request_ns: ts_ns, request_done: false, read_tid: tid, resp: None }
+        Self {
+            method,
+            path,
+            model: ModelScan::default(),
+            request_ns: ts_ns,
+            request_done: false,
+            read_tid: tid,
+            resp: None,
+        }
     }
 
     pub fn responding(&self) -> bool {
@@ -156,7 +164,12 @@ impl Stream {
     }
 
     /// The response ended (END_STREAM at `end_ns`), or was cut (`partial`).
-    pub fn finish(self, end_ns: Option<u64>, partial: Option<&'static str>, counters: &mut ParseCounters) -> Option<RequestRecord> {
+    pub fn finish(
+        self,
+        end_ns: Option<u64>,
+        partial: Option<&'static str>,
+        counters: &mut ParseCounters,
+    ) -> Option<RequestRecord> {
         let r = *self.resp?;
         let Response { mut record, body, terminal_ns, .. } = r;
         match &body {

@@ -22,7 +22,12 @@ fn recorded() -> Vec<(bool, Vec<u8>)> {
 
 /// Feeds syscalls (ts = 1000 × index); `cut`: (syscall, offset) fed as two calls at one ts;
 /// `cap`: captured bytes per syscall (the rest is length only).
-fn replay(conn: &mut Connection, calls: &[(bool, Vec<u8>)], cut: Option<(usize, usize)>, cap: usize) -> Vec<RequestRecord> {
+fn replay(
+    conn: &mut Connection,
+    calls: &[(bool, Vec<u8>)],
+    cut: Option<(usize, usize)>,
+    cap: usize,
+) -> Vec<RequestRecord> {
     let mut out = Vec::new();
     for (i, (read, bytes)) in calls.iter().enumerate() {
         let ts = 1000 * (i as u64 + 1);
@@ -84,7 +89,18 @@ fn every_split_point_gives_the_same_records() {
     let key = |r: &RequestRecord| {
         let mut w = r.content_write_ns.clone();
         w.dedup();
-        (r.path.clone(), r.status, r.request_ns, r.first_byte_ns, r.first_token_ns, r.end_ns, r.chunks, r.tokens, r.partial, w)
+        (
+            r.path.clone(),
+            r.status,
+            r.request_ns,
+            r.first_byte_ns,
+            r.first_token_ns,
+            r.end_ns,
+            r.chunks,
+            r.tokens,
+            r.partial,
+            w,
+        )
     };
     let want: Vec<_> = whole.iter().map(key).collect();
     for (i, (_, bytes)) in calls.iter().enumerate() {
@@ -165,13 +181,23 @@ fn grpc_server_streaming_counts_messages_and_ends_at_trailers() {
     let mut req = PREFACE.to_vec();
     req.extend(frame(frames::SETTINGS, 0, 0, &[]));
     let h = block(
-        &[(":method", "POST"), (":path", PATH), ("content-type", "application/grpc"), ("authorization", "Bearer sk-SECRET")],
+        &[
+            (":method", "POST"),
+            (":path", PATH),
+            ("content-type", "application/grpc"),
+            ("authorization", "Bearer sk-SECRET"),
+        ],
         true,
     );
     req.extend(frame(frames::HEADERS, frames::END_HEADERS, 1, &h));
     req.extend(frame(frames::DATA, frames::END_STREAM, 1, &grpc_msg(b"prompt: a SECRET prompt")));
     c.on_read(100, &req, req.len() as u64);
-    let head = frame(frames::HEADERS, frames::END_HEADERS, 1, &block(&[(":status", "200"), ("content-type", "application/grpc")], true));
+    let head = frame(
+        frames::HEADERS,
+        frames::END_HEADERS,
+        1,
+        &block(&[(":status", "200"), ("content-type", "application/grpc")], true),
+    );
     c.on_write(200, &head, head.len() as u64, &mut out);
     // Three messages: one whole, one split across two writes (counted at the second).
     let (m1, m2) = (grpc_msg(b"tok0"), grpc_msg(b"tok1 SECRET completion"));
@@ -242,14 +268,25 @@ fn stream_and_block_bounds_hold_and_are_counted() {
 
 #[test]
 fn hpack_rfc_7541_request_and_response_examples() {
-    let hex = |s: &str| -> Vec<u8> { (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect() };
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    };
     // C.3 (no Huffman) and C.4 (Huffman): three requests on one connection each.
     for blocks in [
-        ["828684410f7777772e6578616d706c652e636f6d", "828684be58086e6f2d6361636865", "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565"],
-        ["828684418cf1e3c2e5f23a6ba0ab90f4ff", "828684be5886a8eb10649cbf", "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf"],
+        [
+            "828684410f7777772e6578616d706c652e636f6d",
+            "828684be58086e6f2d6361636865",
+            "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565",
+        ],
+        [
+            "828684418cf1e3c2e5f23a6ba0ab90f4ff",
+            "828684be5886a8eb10649cbf",
+            "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
+        ],
     ] {
         let mut d = Decoder::default();
-        let paths: Vec<_> = blocks.iter().map(|b| d.decode(&hex(b)).unwrap()).map(|h| (h.method, h.path, h.unknown_refs)).collect();
+        let paths: Vec<_> =
+            blocks.iter().map(|b| d.decode(&hex(b)).unwrap()).map(|h| (h.method, h.path, h.unknown_refs)).collect();
         assert_eq!(paths[0], (Some("GET".into()), Some("/".into()), false));
         assert_eq!(paths[2], (Some("GET".into()), Some("/index.html".into()), false));
         assert_eq!(d.entries(), 3);
@@ -316,7 +353,8 @@ fn grpc_method_names_survive_route_templating_and_ids_do_not() {
     assert_eq!(route_template(PATH), PATH);
     let vertex = "/google.cloud.aiplatform.v1.PredictionService/StreamGenerateContent";
     assert_eq!(route_template(vertex), vertex);
-    for leaky in ["/files.get/AKIAIOSFODNN7EXAMPLE", "/x.y/sk-abc", "/eyJhbGciOi.eyJzdWIi/sig", "/svc.Api/XkcdQzwrtPlm"] {
+    for leaky in ["/files.get/AKIAIOSFODNN7EXAMPLE", "/x.y/sk-abc", "/eyJhbGciOi.eyJzdWIi/sig", "/svc.Api/XkcdQzwrtPlm"]
+    {
         assert_ne!(route_template(leaky), leaky, "{leaky}");
     }
 }
