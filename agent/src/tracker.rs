@@ -135,6 +135,7 @@ impl Tracker {
                 conn.last_ns = ev.ts_ns;
                 if is_read {
                     conn.on_read(ev.ts_ns, ev.data, ev.len);
+                    conn.drain(&mut records);
                 } else {
                     conn.on_write(ev.ts_ns, ev.data, ev.len, &mut records);
                 }
@@ -243,6 +244,7 @@ fn add(total: &mut ParseCounters, c: &ParseCounters) {
     total.partial += c.partial;
     total.completed_at_close += c.completed_at_close;
     total.pipeline_overflow += c.pipeline_overflow;
+    total.h2.add(&c.h2);
 }
 
 #[cfg(test)]

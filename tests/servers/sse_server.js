@@ -344,4 +344,7 @@ function main() {
   process.on('SIGINT', stop);
 }
 
-main();
+// The HTTP/2 server (sse_server_h2.js) reuses the protocol half of this file.
+module.exports = { parseParams, ssePlan, sleep, pause, toJson, BadRequest, STREAM_PREFIX };
+
+if (require.main === module) main();

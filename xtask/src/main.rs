@@ -15,6 +15,7 @@ mod bench;
 mod capture_bench;
 mod daemon_bench;
 mod dist;
+mod grpc;
 mod llama;
 mod measure;
 
@@ -83,6 +84,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
+            std::env::set_var("INFERSCOPE_GRPC_PYTHON", grpc::ensure_python()?);
             let tests = test(&args);
             // The packages too, after the tests so a packaging fault hides no test result.
             let dist = dist::build(Path::new("target/dist-check")).and_then(|d| dist::check(&d));

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use super::chunked::ChunkDecoder;
 use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
+use super::h2::{Route, Switch};
 use super::head::{self, HeadBuf, RequestHead};
 use super::model::ModelScan;
 use super::payload::classify;
@@ -87,6 +88,8 @@ pub struct Connection {
     pub current_tid: u32,
     /// Time of the last read or write fed (set by the caller): idle streams are ended by it.
     pub last_ns: u64,
+    /// HTTP/2 (after the client preface) or HTTP/1.1.
+    h2: Switch,
 }
 
 #[derive(Debug)]
@@ -114,12 +117,16 @@ impl Connection {
             last_ns: 0,
             counters: ParseCounters::default(),
             current_tid: 0,
+            h2: Switch::Undecided(0),
         }
     }
 
     /// Requests waiting for their first token: read and unanswered, or answering with no
     /// content event yet (a non-streaming response waits for its whole body).
     pub fn awaiting_first_token(&self) -> usize {
+        if let Switch::H2(c) = &self.h2 {
+            return c.awaiting_first_token();
+        }
         let current = match &self.outbound {
             Outbound::Body(ex) => usize::from(ex.record.content_write_ns.is_empty()),
             _ => 0,
@@ -129,11 +136,36 @@ impl Connection {
 
     /// Requests read and not yet fully answered.
     pub fn in_flight(&self) -> usize {
+        if let Switch::H2(c) = &self.h2 {
+            return c.in_flight();
+        }
         self.pending.len() + usize::from(matches!(self.outbound, Outbound::Body(_)))
     }
 
     /// The server read `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
+    /// Records an HTTP/2 connection finishes while reading come out of [`Self::drain`].
     pub fn on_read(&mut self, ts_ns: u64, data: &[u8], len: u64) {
+        let synced = !matches!(self.inbound, Inbound::Unsynced);
+        let at_head = !synced || matches!(&self.inbound, Inbound::Head(b) if b.is_empty());
+        match self.h2.read(ts_ns, data, len, self.current_tid, at_head, synced, &mut self.counters) {
+            Route::H2 => {}
+            Route::Http1 { prefix } => {
+                if !prefix.is_empty() {
+                    self.read_http1(ts_ns, prefix, prefix.len() as u64);
+                }
+                self.read_http1(ts_ns, data, len);
+            }
+        }
+    }
+
+    /// Records finished by reads (an HTTP/2 stream reset by the client).
+    pub fn drain(&mut self, out: &mut Vec<RequestRecord>) {
+        if let Switch::H2(c) = &mut self.h2 {
+            c.drain(out);
+        }
+    }
+
+    fn read_http1(&mut self, ts_ns: u64, data: &[u8], len: u64) {
         let mut rest = data;
         loop {
             match &mut self.inbound {
@@ -268,6 +300,10 @@ impl Connection {
     /// The server wrote `data` (the first `data.len()` of `len` bytes moved) at `ts_ns`.
     /// Finished exchanges are appended to `out`.
     pub fn on_write(&mut self, ts_ns: u64, data: &[u8], len: u64, out: &mut Vec<RequestRecord>) {
+        if let Switch::H2(c) = &mut self.h2 {
+            c.on_write(ts_ns, data, len, self.current_tid, &mut self.counters, out);
+            return;
+        }
         self.write_seq += 1;
         let seq = self.write_seq;
         let mut rest = data;
@@ -479,6 +515,9 @@ impl Connection {
     /// in progress is finished when its framing allows it or its stream said it was complete,
     /// and is otherwise reported as partial with `reason`; requests never answered are counted.
     pub fn end(&mut self, reason: &'static str, out: &mut Vec<RequestRecord>) {
+        if let Switch::H2(c) = &mut self.h2 {
+            c.end(reason, &mut self.counters, out);
+        }
         if let Outbound::Body(ex) = &mut self.outbound {
             if matches!(ex.framing, Framing::UntilClose | Framing::Lost) {
                 self.finish_response(None, out);
@@ -503,15 +542,15 @@ impl Connection {
 /// Feeds response body bytes through the framing and the event splitter. Returns how many bytes
 /// belonged to this body, or `Err` when the chunked framing is malformed.
 /// What one complete (or cut) stream event does to its exchange.
-struct EventSeen<'a> {
-    record: &'a mut RequestRecord,
-    last_content_seq: &'a mut u64,
-    terminal_ns: &'a mut Option<u64>,
-    counters: &'a mut ParseCounters,
+pub(super) struct EventSeen<'a> {
+    pub(super) record: &'a mut RequestRecord,
+    pub(super) last_content_seq: &'a mut u64,
+    pub(super) terminal_ns: &'a mut Option<u64>,
+    pub(super) counters: &'a mut ParseCounters,
 }
 
 impl EventSeen<'_> {
-    fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
+    pub(super) fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
         if self.record.model.is_none() && self.record.chunks == 0 {
             // The response's first events (up to the first content one) name the model on
             // OpenAI-compatible servers and Ollama, when the request body did not show it.

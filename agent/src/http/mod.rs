@@ -7,6 +7,7 @@
 pub mod chunked;
 pub mod conn;
 pub mod events;
+pub mod h2;
 pub mod head;
 pub mod model;
 pub mod payload;

@@ -66,7 +66,7 @@ impl RequestRecord {
 /// What went wrong or was skipped; summed over connections by the tracker.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ParseCounters {
-    /// Heads that were not HTTP/1.x (garbage, TLS, HTTP/2).
+    /// Heads that were not HTTP/1.x (garbage, TLS, HTTP/2 without its preface).
     pub bad_heads: u64,
     /// Chunked bodies whose framing was malformed.
     pub bad_chunks: u64,
@@ -90,4 +90,6 @@ pub struct ParseCounters {
     /// Pipelined requests beyond the 64 a connection keeps unanswered: counted, not measured;
     /// the requests kept keep their figures.
     pub pipeline_overflow: u64,
+    /// HTTP/2 connections: streams, and what could not be decoded or followed.
+    pub h2: super::h2::H2Counters,
 }

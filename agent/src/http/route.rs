@@ -206,6 +206,9 @@ pub fn route_template(path: &str) -> String {
     if let Some(t) = KNOWN.iter().find(|t| matches_template(t, segs())) {
         return (*t).into();
     }
+    if grpc_method(path) {
+        return path.into();
+    }
     let mut out = String::new();
     for (i, seg) in segs().enumerate() {
         let seg = if looks_secret_or_id(seg) { ID } else { seg };
@@ -221,6 +224,29 @@ pub fn route_template(path: &str) -> String {
         out.push('/');
     }
     out
+}
+
+/// A gRPC method path, `/package.Service/Method` (`/inference.GRPCInferenceService/
+/// ModelStreamInfer`): kept whole when the package parts are plain words or API versions and
+/// the service and method names are UpperCamelCase words that, in lowercase, are plain words by
+/// [`looks_secret_or_id`] (which alone would take CamelCase for a token).
+fn grpc_method(path: &str) -> bool {
+    let mut segs = path.split('/');
+    let (Some(""), Some(service), Some(method), None) = (segs.next(), segs.next(), segs.next(), segs.next()) else {
+        return false;
+    };
+    if path.len() > MAX_ROUTE_BYTES || !service.contains('.') {
+        return false;
+    }
+    let Some((package, name)) = service.rsplit_once('.') else { return false };
+    // Proto style: a lowercase package (`google.cloud.aiplatform.v1`), UpperCamelCase service
+    // and method names. A token cut at a dot (`eyJhbGciOi.eyJzdWIi`) is neither.
+    let camel = |w: &str| {
+        w.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+            && w.bytes().all(|b| b.is_ascii_alphanumeric())
+            && !looks_secret_or_id(&w.to_ascii_lowercase())
+    };
+    package.split('.').all(|w| !looks_secret_or_id(w)) && camel(name) && camel(method)
 }
 
 /// True when `segment` must not be exported: it is (or may be) a key, token, e-mail, ID, number

@@ -1,0 +1,253 @@
+//! HTTP/2 stream timing against ground truth the servers record themselves: a Node `http2`
+//! cleartext (prior knowledge) SSE server with several concurrent streams per connection and
+//! one stream per connection reset by the client mid-way, and a Python `grpcio` server-streaming
+//! server (each message a chunk, the end at the trailers, the method name as the path).
+//! Needs root: the real eBPF programs are loaded into this kernel.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// The brief's accuracy for interpreted servers: TTFT within 2 ms of the server's own truth,
+/// held by the median stream. The truth of an interpreted server trails its syscalls when it is
+/// preempted between the two (a grpc worker thread waits for the GIL after grpc's core read the
+/// request; Node runs other streams' callbacks first): on a loaded 2-core machine single streams
+/// were seen up to 2.7 ms off while their timestamps stayed inside the bounds checked below, so
+/// each stream gets a wider bound.
+const TTFT_TOLERANCE_S: f64 = 0.002;
+const TTFT_WORST_S: f64 = 0.005;
+/// grpc-python: the first message leaves grpc's core within this of the handler's stamp.
+const GRPC_FIRST_TOKEN_LAG_NS: u64 = 2_000_000;
+/// grpc-python's request stamp is late by the worker thread's wake-up (see below; > 10 ms seen
+/// once on a loaded machine): its TTFT is bounded by the request and first-token brackets, not
+/// by the difference of the two.
+const GRPC_TTFT_WORST_S: f64 = f64::INFINITY;
+/// How far a write may trail the server's stamp taken before handing the bytes to its HTTP/2
+/// stack (Node's session and grpc's core send on their own turn / thread).
+const WRITE_LAG_NS: u64 = 10_000_000;
+const EARLY_NS: u64 = 50_000;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server that prints `LISTENING <port>`, at a high CPU weight like common::Server.
+fn start(program: &Path, args: &[&str], truth: &Path) -> (Proc, u16) {
+    let mut child = Command::new("nice")
+        .args(["-n", "-15"])
+        .arg(program)
+        .args(args)
+        .args(["--port", "0", "--truth"])
+        .arg(truth)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port =
+        line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("server said {line:?}")).parse().unwrap();
+    (Proc(child), port)
+}
+
+/// Runs a client to completion; its JSON lines, keyed by `id`.
+fn client(program: &Path, args: &[&str]) -> HashMap<String, Value> {
+    let out = Command::new(program).args(args).output().expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("DONE"),
+        "client failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["id"].as_str().unwrap().to_string(), v))
+        .collect()
+}
+
+fn truth(path: &Path, skip_prefix: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|t| !t["id"].as_str().unwrap().starts_with(skip_prefix))
+        .collect()
+}
+
+fn within(ctx: &str, what: &str, got: u64, lo: u64, hi: u64) {
+    assert!(
+        lo <= got && got <= hi,
+        "{ctx}: {what} at {got} ns, outside [{lo}, {hi}] (got - lo = {} µs)",
+        (got as i64 - lo as i64) / 1000
+    );
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Timestamps and counts of one agent record against the truth of its stream; the TTFT error.
+/// `ft_lag_ns`: how far the first-token write may trail the server's stamp before it.
+fn check_timing(ctx: &str, r: &Value, t: &Value, sent_ns: u64, ft_lag_ns: u64, ttft_worst_s: f64) -> f64 {
+    assert_eq!(r["status"], 200, "{ctx}: {r}");
+    assert_eq!(r["chunks"], t["chunks"], "{ctx}: chunks; agent {r}");
+    assert_eq!(r["tokens"], t["tokens"], "{ctx}: tokens");
+    within(ctx, "request", u(&r["request_ns"]), sent_ns, u(&t["request_ns"]) + EARLY_NS);
+    let ft = u(&t["first_token_ns"]);
+    within(ctx, "first token", u(&r["first_token_ns"]), ft - EARLY_NS, ft + ft_lag_ns);
+    let content: Vec<u64> = t["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| u(&w["content_events"]) > 0)
+        .map(|w| u(&w["ts_ns"]))
+        .collect();
+    let itl = r["itl_s"].as_array().unwrap();
+    // Writes of concurrent streams can share one syscall, never split one stream's write.
+    assert!(itl.len() < content.len().max(1), "{ctx}: {} gaps for {} content writes", itl.len(), content.len());
+    let agent_ttft = r["ttft_s"].as_f64().unwrap();
+    let truth_ttft = (ft - u(&t["request_ns"])) as f64 / 1e9;
+    let err = (agent_ttft - truth_ttft).abs();
+    eprintln!(
+        "{ctx}: truth request stamp {} µs after the read, first token written {} µs after its stamp",
+        (u(&t["request_ns"]) as i64 - u(&r["request_ns"]) as i64) / 1000,
+        (u(&r["first_token_ns"]) as i64 - ft as i64) / 1000
+    );
+    assert!(err <= ttft_worst_s, "{ctx}: ttft agent {agent_ttft} truth {truth_ttft}; agent {r} truth {t}");
+    err
+}
+
+/// The TTFT errors' median and worst, logged; the median within `tolerance_s` when given.
+fn check_ttft_errors(what: &str, errs: Vec<f64>, tolerance_s: Option<f64>) {
+    let worst = errs.iter().copied().fold(0.0, f64::max);
+    let m = median(errs);
+    eprintln!("{what}: median TTFT error {:.1} µs, worst {:.1} µs", m * 1e6, worst * 1e6);
+    if let Some(tol) = tolerance_s {
+        assert!(m <= tol, "{what}: median TTFT error {m}");
+    }
+}
+
+#[test]
+fn node_h2c_sse_streams_match_ground_truth() {
+    let _serial = require_root();
+    let dir = scratch_dir("h2c");
+    let root = workspace_root();
+    let node = Path::new("node");
+    let (server, port) =
+        start(node, &[root.join("tests/servers/sse_server_h2.js").to_str().unwrap()], &dir.join("truth.jsonl"));
+    let client_js = root.join("tests/servers/h2_client.js");
+    let port_s = port.to_string();
+    let query = "tokens=8&interval_ms=12&prefill_ms=15";
+    let run = |prefix: &str, connections: &str, streams: &str, reset: &str| {
+        let a = [client_js.to_str().unwrap(), "--port", &port_s, "--connections", connections, "--streams", streams];
+        let mut a: Vec<&str> = a.to_vec();
+        a.extend(["--query", query, "--prefix", prefix, "--reset-after", reset]);
+        client(node, &a)
+    };
+    // Warm-up before attaching: Node compiles its http2 stack on first use.
+    run("warm", "1", "4", "3");
+    let agent = Agent::attach(server.0.id(), &dir.join("report.json"), &[]);
+    // 3 connections × 4 concurrent streams; the first stream of each is reset after 3 events.
+    let sent = run("h", "3", "4", "3");
+    assert_eq!(sent.len(), 12);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = agent.stop();
+    let truth = truth(&dir.join("truth.jsonl"), "warm");
+    assert_eq!(truth.len(), 12, "the server recorded every stream");
+    let got = requests_by_path(&report);
+    let mut errs = Vec::new();
+    let mut resets = 0;
+    for t in &truth {
+        let path = t["path"].as_str().unwrap();
+        let ctx = format!("h2c {path}");
+        let r = got.get(path).unwrap_or_else(|| panic!("{ctx}: no agent record; summary {}", report["summary"]));
+        assert_eq!(r["method"], "GET", "{ctx}");
+        let sent_ns: u64 = sent[t["id"].as_str().unwrap()]["sent_ns"].as_str().unwrap().parse().unwrap();
+        if t["reset"] == true {
+            resets += 1;
+            assert_eq!(r["partial"], "stream reset by the client", "{ctx}: {r}");
+            assert_eq!(r["chunks"], t["chunks"], "{ctx}: chunks before the reset");
+            let ft = u(&t["first_token_ns"]);
+            within(&ctx, "first token", u(&r["first_token_ns"]), ft - EARLY_NS, ft + WRITE_LAG_NS);
+        } else {
+            assert!(r["partial"].is_null(), "{ctx}: {r}");
+            errs.push(check_timing(&ctx, r, t, sent_ns, WRITE_LAG_NS, TTFT_WORST_S));
+            within(&ctx, "end", u(&r["end_ns"]), u(&t["end_ns"]) - EARLY_NS, u(&t["end_ns"]) + WRITE_LAG_NS);
+        }
+    }
+    check_ttft_errors("node h2c, 12 streams on 3 connections", errs, Some(TTFT_TOLERANCE_S));
+    assert_eq!(resets, 3, "one reset stream per connection, as the server saw it");
+    let h2 = &report["summary"]["parse"]["h2"];
+    assert_eq!((h2["connections"].as_u64(), h2["streams"].as_u64()), (Some(3), Some(12)), "{h2}");
+    assert_eq!(h2["resets"], 3, "{h2}");
+    assert_eq!((h2["undecodable_headers"].as_u64(), h2["desyncs"].as_u64()), (Some(0), Some(0)), "{h2}");
+    assert_eq!(report["summary"]["parse"]["bad_heads"], 0);
+}
+
+#[test]
+fn grpc_server_streaming_matches_ground_truth() {
+    let _serial = require_root();
+    let python = std::env::var_os("INFERSCOPE_GRPC_PYTHON")
+        .expect("INFERSCOPE_GRPC_PYTHON unset: run `cargo xtask test`, which builds the venv with grpcio");
+    let python = Path::new(&python);
+    let dir = scratch_dir("grpc");
+    let script = workspace_root().join("tests/servers/grpc_stream.py");
+    let script = script.to_str().unwrap();
+    let (server, port) = start(python, &[script, "server"], &dir.join("truth.jsonl"));
+    let port_s = port.to_string();
+    let run = |prefix: &str, streams: &str, fail: bool| {
+        let mut a = vec![script, "client", "--port", &port_s, "--streams", streams, "--prefix", prefix];
+        a.extend(["--query", "tokens=6&interval_ms=8", "--prefill-ms", "10", "--stagger-ms", "25"]);
+        if fail {
+            a.push("--fail-first");
+        }
+        client(python, &a)
+    };
+    run("warm", "2", false);
+    let agent = Agent::attach(server.0.id(), &dir.join("report.json"), &[]);
+    // Six concurrent streams on one channel (one HTTP/2 connection); the first ends with
+    // RESOURCE_EXHAUSTED after its messages.
+    let sent = run("g", "6", true);
+    assert_eq!(sent.len(), 6);
+    assert_eq!(sent["g0"]["code"], "RESOURCE_EXHAUSTED");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let report = agent.stop();
+    let truth = truth(&dir.join("truth.jsonl"), "warm");
+    assert_eq!(truth.len(), 6);
+    let method = "/inference.GRPCInferenceService/ModelStreamInfer";
+    let recs: Vec<&Value> = report["requests"].as_array().unwrap().iter().filter(|r| r["path"] == method).collect();
+    assert_eq!(recs.len(), 6, "every call, with the method name as its path; summary {}", report["summary"]);
+    // One path for all calls: a call's record is the one whose first message is nearest its
+    // truth (first messages are 25 ms apart by construction).
+    let mut errs = Vec::new();
+    for t in &truth {
+        let ft = u(&t["first_token_ns"]);
+        let r = recs.iter().min_by_key(|r| r["first_token_ns"].as_u64().map_or(u64::MAX, |a| a.abs_diff(ft))).unwrap();
+        let id = t["id"].as_str().unwrap();
+        let ctx = format!("grpc {id}");
+        assert_eq!(r["method"], "POST", "{ctx}: {r}");
+        assert!(r["partial"].is_null(), "{ctx}: ended at its trailers: {r}");
+        assert_eq!(r["tokens"], Value::Null, "{ctx}: protobuf content is not read, so no token count");
+        let sent_ns = u(&sent[id]["sent_ns"]);
+        errs.push(check_timing(&ctx, r, t, sent_ns, GRPC_FIRST_TOKEN_LAG_NS, GRPC_TTFT_WORST_S));
+        within(&ctx, "end", u(&r["end_ns"]), u(&t["end_ns"]) - EARLY_NS, u(&t["end_ns"]) + WRITE_LAG_NS);
+    }
+    // grpc-python cannot stamp the read: its handler runs on a worker thread after grpc's core
+    // read the request and the thread got the GIL (0.4–9 ms later here). The agent's request
+    // time is checked to lie between the client's send and that stamp, its first token within
+    // 2 ms after the stamp before the message was handed over; the TTFT error is logged.
+    check_ttft_errors("grpc, 6 streams on one connection", errs, None);
+    let h2 = &report["summary"]["parse"]["h2"];
+    assert_eq!((h2["streams"].as_u64(), h2["grpc_errors"].as_u64()), (Some(6), Some(1)), "{h2}");
+    assert_eq!(h2["undecodable_headers"], 0, "{h2}");
+}
