@@ -18,10 +18,11 @@ use serde_json::Value;
 /// held by the median stream. The truth of an interpreted server trails its syscalls when it is
 /// preempted between the two (a grpc worker thread waits for the GIL after grpc's core read the
 /// request; Node runs other streams' callbacks first): on a loaded 2-core machine single streams
-/// were seen up to 2.7 ms off while their timestamps stayed inside the bounds checked below, so
-/// each stream gets a wider bound.
+/// were seen up to 2.7 ms off (and once more than 5 ms, at load average 9) while their
+/// timestamps stayed inside the bounds checked below, so each stream gets the interpreted
+/// servers' write window of stream_timing.rs as its bound.
 const TTFT_TOLERANCE_S: f64 = 0.002;
-const TTFT_WORST_S: f64 = 0.005;
+const TTFT_WORST_S: f64 = 0.010;
 /// grpc-python: the first message leaves grpc's core within this of the handler's stamp.
 const GRPC_FIRST_TOKEN_LAG_NS: u64 = 2_000_000;
 /// grpc-python's request stamp is late by the worker thread's wake-up (see below; > 10 ms seen
