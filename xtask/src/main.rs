@@ -16,6 +16,7 @@ mod capture_bench;
 mod daemon_bench;
 mod llama;
 mod measure;
+mod pyspy;
 
 #[derive(Parser)]
 struct Cli {
@@ -76,6 +77,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_SERVER", &l.server);
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
+            std::env::set_var("INFERSCOPE_PYSPY", pyspy::ensure()?);
             test(&args)
         }
         Cmd::Llama => {

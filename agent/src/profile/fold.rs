@@ -109,7 +109,7 @@ pub fn fold(
         counts: [Option<u64>; PHASE_SLOTS],
     }
     symbolize_new(raw, symbolizer, cache);
-    let UserFrames { stacks: user_stacks, names } = cache;
+    let UserFrames { stacks: user_stacks, names, .. } = cache;
     let comm = names.intern(comm);
     let no_user_stack = [names.intern("[no user stack]")];
     let mut kernel_stacks: HashMap<i32, Vec<u32>> = HashMap::new();
