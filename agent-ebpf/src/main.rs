@@ -20,11 +20,11 @@
 
 mod common;
 mod lifecycle;
+mod python;
 mod sampling;
 mod socket;
 mod stages;
 mod syscalls;
-mod python;
 mod unwind;
 
 #[cfg(not(test))]

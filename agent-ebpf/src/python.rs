@@ -169,7 +169,8 @@ fn walk(p: &PyProc, py: &mut PyStack) -> u32 {
             let Some(code) = read_user(frame.wrapping_add(p.frame_code as u64)) else { return status::READ_FAULT };
             let instr = read_user(frame.wrapping_add(p.frame_instr as u64)).unwrap_or(0);
             let mut flags = 0;
-            if p.frame_is_entry != NO_FIELD && read_user_u8(frame.wrapping_add(p.frame_is_entry as u64)).unwrap_or(0) != 0
+            if p.frame_is_entry != NO_FIELD
+                && read_user_u8(frame.wrapping_add(p.frame_is_entry as u64)).unwrap_or(0) != 0
             {
                 flags = frame_flag::ENTRY;
             }

@@ -53,6 +53,7 @@ fn fixture_frame(frame: &str) -> Option<&str> {
 }
 
 struct Run {
+    report: serde_json::Value,
     folded: HashMap<String, u64>,
     truth: HashMap<String, f64>,
     log: Vec<String>,
@@ -98,19 +99,18 @@ fn profile(python: &Path, name: &str, with_pyspy: bool) -> Run {
             .spawn()
             .unwrap()
     });
-    let (_report, log) = agent.wait_report_with_log();
+    let (report, log) = agent.wait_report_with_log();
     let pyspy = pyspy.map(|mut p| {
         assert!(p.wait().unwrap().success(), "py-spy failed");
         parse_folded(&std::fs::read_to_string(&pyspy_out).unwrap())
     });
     assert!(child.wait().unwrap().success(), "the fixture failed");
-    let truth: HashMap<String, f64> =
-        serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
+    let truth: HashMap<String, f64> = serde_json::from_str(&std::fs::read_to_string(&truth_path).unwrap()).unwrap();
     let folded = parse_folded(&std::fs::read_to_string(&folded_path).unwrap());
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<?xml") && svg.contains("<svg"), "an SVG flamegraph");
     assert_eq!(svg.contains("py_burn.leaf_a"), with_pyspy, "Python frames in the SVG where they can be walked");
-    Run { folded, truth, log, pyspy }
+    Run { report, folded, truth, log, pyspy }
 }
 
 /// Share of each of [`FUNCTIONS`] among them, by the leaf-most frame of `file` in each stack
@@ -220,6 +220,12 @@ fn run_version(python: &Path, version: &str) {
     );
     check_shares(version, &run.folded, &run.truth);
     check_against_pyspy(version, &run);
+    // The report's figures: walks in the kernel (nearly all succeed), names read once each.
+    let py = &run.report["cpu"]["python"];
+    eprintln!("{version}: report cpu.python {py}");
+    let walks = py["walks"].as_u64().unwrap();
+    assert!(walks > 0 && py["walks_failed"].as_u64().unwrap() * 20 <= walks, "{version}: {py}");
+    assert!(py["names"]["read"].as_u64().unwrap() > 0 && py["stacks_full"] == 0, "{version}: {py}");
 }
 
 fn pyenv(version: &str) -> Option<PathBuf> {
@@ -273,13 +279,15 @@ fn no_runtime_symbol_says_why_once() {
     let exe = dir.join("python3.11-noruntime");
     std::fs::write(&exe, &data).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let Run { folded, log, .. } = profile(&exe, "py-noruntime-run", false);
+    let Run { folded, log, report, .. } = profile(&exe, "py-noruntime-run", false);
+    assert!(report["cpu"]["python"].is_null(), "no Python figures: {}", report["cpu"]["python"]);
     let said: Vec<&String> = log.iter().filter(|l| l.contains("cannot unwind Python in")).collect();
     eprintln!("{said:?}");
     assert_eq!(said.len(), 1, "said once: {log:?}");
     assert!(said[0].contains("_PyRuntime"), "with the reason: {}", said[0]);
     let total: u64 = folded.values().sum();
-    let python: u64 = folded.iter().filter(|(s, _)| s.split(';').any(|f| fixture_frame(f).is_some())).map(|(_, n)| n).sum();
+    let python: u64 =
+        folded.iter().filter(|(s, _)| s.split(';').any(|f| fixture_frame(f).is_some())).map(|(_, n)| n).sum();
     let eval: u64 = folded.iter().filter(|(s, _)| s.contains("_PyEval_EvalFrameDefault")).map(|(_, n)| n).sum();
     eprintln!("no runtime: {total} samples, {python} with Python frames, {eval} in the eval loop");
     assert_eq!(python, 0);

@@ -22,22 +22,26 @@ window() { # LABEL: one window, prints label it/s it/cpu-s
 }
 with_agent() { # LABEL AGENT
   "$2" attach --pid "$PID" --frequency "$HZ" --duration 600 --quiet --json "$OUT/$1.json" \
-    --folded "$OUT/$1.folded" 2> "$OUT/$1.log" &
+    --folded "$OUT/$1.folded" > /dev/null 2> "$OUT/$1.log" &
   local ag=$!
   for _ in $(seq 100); do grep -q "attached to pid" "$OUT/$1.log" 2>/dev/null && break; sleep 0.1; done
   sleep 0.5
   local before; before=$(bpftool -j prog show name cpu_sample 2>/dev/null || echo '[]')
   window "$1"
   local after; after=$(bpftool -j prog show name cpu_sample 2>/dev/null || echo '[]')
-  kill -INT "$ag"; wait "$ag" || true
-  python3 - "$1" "$before" "$after" <<'PYEOF'
+  python3 - "$1" "$before" "$after" "$ag" <<'PYEOF'
 import json, sys
-def tot(t):
+def progs(t):
     v = json.loads(t); v = v if isinstance(v, list) else [v]
-    return sum(p.get("run_time_ns", 0) for p in v), sum(p.get("run_cnt", 0) for p in v)
-(t0, c0), (t1, c1) = tot(sys.argv[2]), tot(sys.argv[3])
-print(f"ebpf {sys.argv[1]} runs {c1 - c0} ns/run {(t1 - t0) / max(c1 - c0, 1):.0f}")
+    return {p["id"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0)) for p in v}
+# This agent's program: the newest cpu_sample (bpftool here lists no owning pids).
+before, after = progs(sys.argv[2]), progs(sys.argv[3])
+ours = max(after) if after else None
+(t0, c0), (t1, c1) = before.get(ours, (0, 0)), after.get(ours, (0, 0))
+print(f"ebpf {sys.argv[1]} runs {c1 - c0} run_time_ns {t1 - t0}")
 PYEOF
+  kill -INT "$ag"; wait "$ag" || true
+  python3 -c 'import json,sys; print("samples", sys.argv[2], json.load(open(sys.argv[1]))["cpu"]["samples"])' "$OUT/$1.json" "$1"
 }
 for i in $(seq "$PAIRS"); do
   case $((i % 3)) in

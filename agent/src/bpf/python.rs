@@ -85,7 +85,11 @@ impl SocketProbes {
         let fsbase = crate::capture::btf::Btf::from_sys_fs()
             .map_err(|e| e.to_string())
             .and_then(|btf| btf.member("task_struct", &["thread", "fsbase"]).map_err(|e| e.to_string()))
-            .map_err(|e| ProbeError::MissingProgram(format!("cpu_python: no task_struct.thread.fsbase in the kernel's BTF ({e})")))?;
+            .map_err(|e| {
+                ProbeError::MissingProgram(format!(
+                    "cpu_python: no task_struct.thread.fsbase in the kernel's BTF ({e})"
+                ))
+            })?;
         self.python.fsbase_off = Some(fsbase.offset);
         let prog: &mut PerfEvent = program_mut(&mut self.ebpf, "cpu_python")?;
         prog.load().map_err(|e| verifier_error("cpu_python", e))?;

@@ -50,23 +50,29 @@ pub fn symbolize_new(raw: &RawProfile, symbolizer: &mut Symbolizer, cache: &mut 
             continue;
         }
         let Some(ips) = raw.stacks.get(&key.user_stack) else { continue };
-        let names: Vec<String> = ips.iter().rev().map(|&ip| {
-            let f = symbolizer.symbolize(key.tgid, ip);
-            match (f.function, f.module) {
-                (Some(func), _) => func,
-                (None, Some(m)) => {
-                    format!(
-                        "[unknown {}]",
-                        Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
-                    )
+        let names: Vec<String> = ips
+            .iter()
+            .rev()
+            .map(|&ip| {
+                let f = symbolizer.symbolize(key.tgid, ip);
+                match (f.function, f.module) {
+                    (Some(func), _) => func,
+                    (None, Some(m)) => {
+                        format!(
+                            "[unknown {}]",
+                            Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
+                        )
+                    }
+                    (None, None) => "[unknown]".to_string(),
                 }
-                (None, None) => "[unknown]".to_string(),
-            }
-        }).collect();
-        let names = match raw.python.get(&key.user_stack) {
+            })
+            .collect();
+        let mut names = match raw.python.get(&key.user_stack) {
             Some(py) => with_python(names, py, raw, key.user_stack, key.tgid, &mut cache.python),
             None => names,
         };
+        // A run of frames nothing could name reads as one `[unknown MODULE]`.
+        names.dedup_by(|a, b| a == b && a.starts_with("[unknown"));
         cache.insert(key.user_stack, names);
     }
 }
