@@ -353,3 +353,95 @@ fn code_objects_named_cold_and_cached() {
     // A pointer that is no code object: a clear unknown, counted.
     assert_eq!(&*sym.name(pid, 8), "[unknown python code]");
 }
+
+/// The real target: llama-cpp-python's OpenAI-compatible server (FastAPI + uvicorn, ctypes into
+/// libllama) on SmolLM2, driven by the official `openai` client. Its decode-phase flamegraph
+/// has mixed stacks: the server's Python frames, then the native `llama_decode` they call
+/// through ctypes. Needs `cargo xtask test`'s venv and llama.cpp build.
+#[test]
+fn llama_cpp_python_server_mixed_stacks() {
+    let _serial = require_root();
+    let python: PathBuf = std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
+        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the openai venv")
+        .into();
+    let llama_server = PathBuf::from(
+        std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
+    );
+    let model = std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
+    let lib_dir = llama_server.parent().unwrap().to_path_buf();
+    let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Kill(
+        Command::new(&python)
+            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--n_ctx", "512", "--n_threads", "2"])
+            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
+            .env("PYTHONPATH", &src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start llama_cpp.server"),
+    );
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let client = workspace_root().join("tests/clients/openai_stream.py");
+    let run_client = |n: &str| {
+        let out = Command::new(&python).arg(&client).arg(&base).arg(n).stderr(Stdio::inherit()).output().unwrap();
+        assert!(out.status.success(), "openai client failed");
+    };
+    run_client("1"); // warm-up, unmeasured
+    let dir = scratch_dir("py-llama-cpp-server");
+    let folded_path = dir.join("cpu.folded");
+    let svg = dir.join("cpu.svg");
+    let agent = Agent::attach(
+        server.0.id(),
+        &dir.join("report.json"),
+        &["--frequency", "499", "--folded", folded_path.to_str().unwrap(), "--flamegraph", svg.to_str().unwrap()],
+    );
+    run_client("4");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let report = agent.stop();
+    let requests = report["requests"].as_array().map_or(0, |r| r.len());
+    let decode = parse_folded(&std::fs::read_to_string(dir.join("cpu.decode.folded")).unwrap());
+    let total: u64 = decode.values().sum();
+    let python_frame = |f: &str| f.contains(".py:") && f.ends_with(')');
+    let with_python: u64 = decode.iter().filter(|(s, _)| s.split(';').any(python_frame)).map(|(_, n)| n).sum();
+    // Python frames, then (through ctypes) llama_decode, in one stack.
+    let mixed: u64 = decode
+        .iter()
+        .filter(|(s, _)| {
+            let frames: Vec<&str> = s.split(';').collect();
+            let last_py = frames.iter().rposition(|f| python_frame(f));
+            let decode_at = frames.iter().position(|f| *f == "llama_decode");
+            matches!((last_py, decode_at), (Some(p), Some(d)) if p < d)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let example = decode
+        .iter()
+        .filter(|(s, _)| s.contains(";llama_decode") && s.split(';').any(python_frame))
+        .max_by_key(|(_, n)| **n)
+        .map(|(s, _)| s.clone())
+        .unwrap_or_default();
+    eprintln!(
+        "llama_cpp.server: {requests} requests, decode samples {total}, with Python frames {with_python}, \
+         Python then llama_decode {mixed}; cpu.python {}\nexample: {example}",
+        report["cpu"]["python"]
+    );
+    assert!(requests >= 4, "the client's requests measured: {requests}");
+    // About half: llama.cpp's OpenMP worker threads run no Python (seen: 5,003 of 9,859).
+    assert!(total > 0 && with_python * 4 >= total, "decode samples carry Python frames: {with_python} of {total}");
+    assert!(mixed > 0, "mixed Python → native llama_decode stacks in the decode flamegraph");
+    assert!(example.contains("(llama.py:") || example.contains("(_internals.py:"), "llama_cpp's own modules: {example}");
+}
