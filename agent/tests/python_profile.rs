@@ -179,7 +179,9 @@ fn check_shares(version: &str, folded: &HashMap<String, u64>, truth: &HashMap<St
         assert!((got - want).abs() <= 0.05, "{version}: {f} share {got:.3}, the fixture measured {want:.3}");
     }
     eprintln!("{line}");
-    assert!(total >= 1000, "{version}: about 499 Hz for 4 s on up to 2 threads, got {total}");
+    // 499 Hz for 4 s gives ~1,500 samples on a quiet machine; at a load average of 10 on 2 cores
+    // the target got 660–1,200. 400 still bounds each share's sampling error to ~2.5 points.
+    assert!(total >= 400, "{version}: too few samples for 5-point shares: {total}");
     assert!(with_python as f64 >= 0.8 * total as f64, "{version}: most samples have Python frames");
     // Where the frames are: nested calls, the generator under its consumer, the coroutine under
     // the one awaiting it, one thread each.
