@@ -445,5 +445,8 @@ fn llama_cpp_python_server_mixed_stacks() {
     // About half: llama.cpp's OpenMP worker threads run no Python (seen: 5,003 of 9,859).
     assert!(total > 0 && with_python * 4 >= total, "decode samples carry Python frames: {with_python} of {total}");
     assert!(mixed > 0, "mixed Python → native llama_decode stacks in the decode flamegraph");
-    assert!(example.contains("(llama.py:") || example.contains("(_internals.py:"), "llama_cpp's own modules: {example}");
+    assert!(
+        example.contains("(llama.py:") || example.contains("(_internals.py:"),
+        "llama_cpp's own modules: {example}"
+    );
 }
