@@ -5,6 +5,7 @@
 //! change on both sides at once — which is the point of keeping it in one crate.
 #![no_std]
 
+pub mod python;
 pub mod tls;
 pub mod unwind;
 

@@ -46,7 +46,7 @@ pub struct UnwindState {
     ip: u64,
     sp: u64,
     bp: u64,
-    key: SampleKey,
+    pub(crate) key: SampleKey,
     /// Array indices pass through here on their way to memory (see `launder`).
     index: u32,
     _pad: u32,
@@ -93,6 +93,14 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     (r.rip != 0).then_some((r.rip, r.rsp, r.rbp))
 }
 
+/// This CPU's walk, for the program the finished walk is handed to (`python`).
+#[inline(always)]
+pub(crate) fn state() -> Option<&'static mut UnwindState> {
+    let st = UNWIND_STATE.get_ptr_mut(0)?;
+    // SAFETY: as in `start`.
+    Some(unsafe { &mut *st })
+}
+
 #[perf_event]
 pub fn cpu_unwind(ctx: PerfEventContext) -> u32 {
     let Some(st) = UNWIND_STATE.get_ptr_mut(0) else { return 0 };
@@ -100,20 +108,20 @@ pub fn cpu_unwind(ctx: PerfEventContext) -> u32 {
     let st = unsafe { &mut *st };
     // SAFETY: read-only use of a map value userspace replaces whole.
     let Some(maps) = (unsafe { UNWIND_MAPPINGS.get(&st.key.tgid) }) else {
-        finish(st, outcome::NO_MAPPING);
+        finish(&ctx, st, outcome::NO_MAPPING);
         return 0;
     };
     let mut i = 0;
     while i < FRAMES_PER_RUN {
         if let Some(how) = step(st, maps) {
-            finish(st, how);
+            finish(&ctx, st, how);
             return 0;
         }
         i += 1;
     }
     // SAFETY: on success control never comes back here.
     unsafe { UNWIND_PROGS.tail_call(&ctx, 0) };
-    finish(st, outcome::DEPTH_LIMIT);
+    finish(&ctx, st, outcome::DEPTH_LIMIT);
     0
 }
 
@@ -267,13 +275,24 @@ fn launder(v: u32, scratch: *mut u32) -> u32 {
     }
 }
 
-/// Stores the stack under a hash of its frames and counts the sample.
+/// Ends the walk: a Python process has its Python frames added (`python`, which stores and
+/// counts); otherwise the stack is stored and the sample counted here.
 #[inline(always)]
-fn finish(st: &mut UnwindState, how: u32) {
+fn finish(ctx: &PerfEventContext, st: &mut UnwindState, how: u32) {
     st.stack.outcome = how;
+    crate::python::hand_over(ctx, st.key.tgid);
+    let user_stack = store_stack(st, 0);
+    crate::sampling::count_sample(&SampleKey { user_stack, ..st.key });
+}
+
+/// Stores the stack under a hash of its frames (and `seed`, the hash of what else the sample
+/// is keyed by); returns its id, or -1 when `USER_STACKS` is full.
+#[inline(always)]
+pub(crate) fn store_stack(st: &mut UnwindState, seed: u64) -> i32 {
+    let how = st.stack.outcome;
     let len = st.stack.len as usize;
     // The pid is part of the identity: stacks of a process are dropped with it (forget_profile).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ how as u64 ^ ((st.key.tgid as u64) << 32);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ how as u64 ^ ((st.key.tgid as u64) << 32);
     let mut i = 0;
     while i < MAX_FRAMES {
         if i >= len {
@@ -285,14 +304,12 @@ fn finish(st: &mut UnwindState, how: u32) {
     }
     let id = (((h ^ (h >> 32)) as u32) & (USER_STACK_ID_BIT as u32 - 1)) | USER_STACK_ID_BIT as u32;
     // Same frames, same id: an existing entry is this stack (or, rarely, a hash collision).
-    let user_stack = match USER_STACKS.insert(&id, &st.stack, BPF_NOEXIST) {
+    match USER_STACKS.insert(&id, &st.stack, BPF_NOEXIST) {
         Ok(()) => id as i32,
         Err(e) if e == -EEXIST => id as i32,
         Err(_) => {
             bump(counter::USER_STACKS_FULL);
             -1
         }
-    };
-    let key = SampleKey { user_stack, ..st.key };
-    crate::sampling::count_sample(&key);
+    }
 }

@@ -248,6 +248,12 @@ impl Run {
             self.symbolizer.forget_pid(ev.tgid);
             // The new image maps its own files: TLS functions are searched again.
             self.tls.forget(&mut self.ingest.probes, ev.tgid);
+            // Python: the old image's code objects and layout are gone; the new one may be Python.
+            self.user_frames.python.forget_pid(ev.tgid);
+            self.ingest.probes.forget_python(ev.tgid);
+            if self.opts.sample_hz.is_some() {
+                self.ingest.probes.start_python(ev.tgid);
+            }
             let Ok(now) = procfs::target_info(ev.tgid) else { continue };
             let at_s = ev.ts_ns.saturating_sub(self.run_start_ns) as f64 / 1e9;
             let from_comm =
@@ -395,6 +401,7 @@ impl Run {
         let capture = crate::report::CaptureInfo { mode: probes.mode, fallback_reason: probes.fallback_reason.clone() };
         let kernel_maps = probes.map_fill();
         let unwind_tables = probes.unwind_stats();
+        let python_walks = probes.python_counters();
         let Self {
             opts,
             mut target,
@@ -446,6 +453,10 @@ impl Run {
         let mut fold = |raw| crate::profile::fold(&raw, &mut symbolizer, &mut user_frames, &kallsyms, &target.comm);
         let cpu = cpu_profile.map(|raw| crate::profile::Folded { unwind_tables, ..fold(raw) });
         let offcpu = offcpu_profile.map(|raw| crate::profile::Folded { unit: Some("us"), ..fold(raw) });
+        let cpu = cpu.map(|c| crate::profile::Folded {
+            python: python_walks.map(|k| crate::python::PythonStats::new(&k, user_frames.python.stats)),
+            ..c
+        });
         Ok(Report {
             cpu,
             offcpu,

@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod procfs;
 pub mod profile;
+pub mod python;
 pub mod report;
 pub mod stages;
 pub mod symbols;

@@ -18,6 +18,7 @@ mod dist;
 mod grpc;
 mod llama;
 mod measure;
+mod pyspy;
 
 #[derive(Parser)]
 struct Cli {
@@ -85,6 +86,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
             std::env::set_var("INFERSCOPE_GRPC_PYTHON", grpc::ensure_python()?);
+            std::env::set_var("INFERSCOPE_PYSPY", pyspy::ensure()?);
             let tests = test(&args);
             // The packages too, after the tests so a packaging fault hides no test result.
             let dist = dist::build(Path::new("target/dist-check")).and_then(|d| dist::check(&d));

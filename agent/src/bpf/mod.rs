@@ -4,6 +4,7 @@
 
 mod capture;
 mod privileges;
+pub mod python;
 pub mod sampling;
 mod stages;
 pub mod tls;
@@ -135,6 +136,8 @@ pub struct SocketProbes {
     /// Native unwinding: tables of the files followed processes map, and whether it is on.
     unwind: crate::unwind::Tables,
     unwind_enabled: bool,
+    /// Python frames in samples (`python.rs`).
+    python: python::PythonState,
 }
 
 impl SocketProbes {
@@ -218,6 +221,7 @@ impl SocketProbes {
             uprobes_attached: 0,
             unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
             unwind_enabled: false,
+            python: python::PythonState::default(),
         })
     }
 
@@ -289,6 +293,7 @@ impl SocketProbes {
                 self.hash_len::<u32, agent_common::unwind::UserStack>(maps::USER_STACKS),
                 limits::USER_STACKS,
             ),
+            (agent_common::python::maps::PY_STACKS, self.py_stacks_len(), agent_common::python::limits::PY_STACKS),
         ]);
         fill
     }

@@ -61,6 +61,7 @@ impl SocketProbes {
         if let Err(e) = self.refresh_unwind(pid) {
             log::warn!("unwind tables of pid {pid}: {e}");
         }
+        self.start_python(pid);
     }
 
     pub fn set_phase(&mut self, pid: u32, phase: u32) -> Result<(), ProbeError> {
@@ -74,6 +75,7 @@ impl SocketProbes {
             let _ = m.remove(&pid);
         }
         self.forget_unwind(pid);
+        self.forget_python(pid);
         let mut unwound = Vec::new();
         for name in [maps::SAMPLES, maps::OFFCPU] {
             let Some(map) = self.ebpf.map_mut(name) else { continue };
@@ -86,6 +88,7 @@ impl SocketProbes {
             }
             unwound.extend(keys.iter().map(|k| k.user_stack).filter(|&id| id >= USER_STACK_ID_BIT));
         }
+        self.remove_py_stacks(&unwound);
         self.remove_user_stacks(&unwound);
     }
 
@@ -122,6 +125,9 @@ impl SocketProbes {
                     raw.stacks.insert(key.user_stack, pcs);
                     raw.outcomes.insert(key.user_stack, how);
                 }
+                if let Some(py) = self.py_stack(key.user_stack) {
+                    raw.python.insert(key.user_stack, py);
+                }
             }
             for id in [key.user_stack, key.kernel_stack] {
                 if (0..USER_STACK_ID_BIT).contains(&id) && !raw.stacks.contains_key(&id) {
@@ -143,4 +149,6 @@ pub struct RawProfile {
     /// How the walk of each unwound user stack ended (`agent_common::unwind::outcome`); stacks
     /// taken by frame pointers (`bpf_get_stackid`) have none.
     pub outcomes: std::collections::HashMap<i32, u32>,
+    /// The Python frames walked with each unwound user stack of a CPython process.
+    pub python: std::collections::HashMap<i32, super::python::PyFrames>,
 }

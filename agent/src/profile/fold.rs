@@ -31,6 +31,8 @@ pub struct Folded {
     pub unwound: u64,
     /// The unwind tables in the kernel when the profile was read (CPU profiles with unwinding).
     pub unwind_tables: Option<crate::unwind::TableStats>,
+    /// Python frames: kernel walks and names (CPU profiles of a CPython process).
+    pub python: Option<crate::python::PythonStats>,
     /// What the counts are: `None` = CPU samples; `Some("us")` = off-CPU microseconds.
     pub unit: Option<&'static str>,
 }
@@ -109,7 +111,7 @@ pub fn fold(
         counts: [Option<u64>; PHASE_SLOTS],
     }
     symbolize_new(raw, symbolizer, cache);
-    let UserFrames { stacks: user_stacks, names } = cache;
+    let UserFrames { stacks: user_stacks, names, .. } = cache;
     let comm = names.intern(comm);
     let no_user_stack = [names.intern("[no user stack]")];
     let mut kernel_stacks: HashMap<i32, Vec<u32>> = HashMap::new();

@@ -14,6 +14,8 @@ use crate::symbols::Symbolizer;
 pub struct UserFrames {
     pub(super) stacks: HashMap<i32, Vec<u32>>,
     pub(super) names: Names,
+    /// Names of Python code objects, per process (frames of CPython processes).
+    pub python: crate::python::PySymbolizer,
 }
 
 impl UserFrames {
@@ -48,19 +50,47 @@ pub fn symbolize_new(raw: &RawProfile, symbolizer: &mut Symbolizer, cache: &mut 
             continue;
         }
         let Some(ips) = raw.stacks.get(&key.user_stack) else { continue };
-        let names = ips.iter().rev().map(|&ip| {
-            let f = symbolizer.symbolize(key.tgid, ip);
-            match (f.function, f.module) {
-                (Some(func), _) => func,
-                (None, Some(m)) => {
-                    format!(
-                        "[unknown {}]",
-                        Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
-                    )
+        let names: Vec<String> = ips
+            .iter()
+            .rev()
+            .map(|&ip| {
+                let f = symbolizer.symbolize(key.tgid, ip);
+                match (f.function, f.module) {
+                    (Some(func), _) => func,
+                    (None, Some(m)) => {
+                        format!(
+                            "[unknown {}]",
+                            Path::new(&m).file_name().map_or(m.clone(), |f| f.to_string_lossy().into_owned())
+                        )
+                    }
+                    (None, None) => "[unknown]".to_string(),
                 }
-                (None, None) => "[unknown]".to_string(),
-            }
-        });
+            })
+            .collect();
+        let mut names = match raw.python.get(&key.user_stack) {
+            Some(py) => with_python(names, py, raw, key.user_stack, key.tgid, &mut cache.python),
+            None => names,
+        };
+        // A run of frames nothing could name reads as one `[unknown MODULE]`.
+        names.dedup_by(|a, b| a == b && a.starts_with("[unknown"));
         cache.insert(key.user_stack, names);
     }
+}
+
+/// The native frames (root first) with the sample's Python frames in place of the eval-loop
+/// frames that ran them (`crate::python::merge`).
+fn with_python(
+    native: Vec<String>,
+    py: &crate::bpf::python::PyFrames,
+    raw: &RawProfile,
+    id: i32,
+    pid: u32,
+    python: &mut crate::python::PySymbolizer,
+) -> Vec<String> {
+    let groups = crate::python::eval_groups(&py.frames)
+        .into_iter()
+        .map(|g| g.iter().map(|f| python.name(pid, f.code).to_string()).collect())
+        .collect();
+    let complete = raw.outcomes.get(&id) == Some(&agent_common::unwind::outcome::COMPLETE);
+    crate::python::merge(native, groups, complete)
 }

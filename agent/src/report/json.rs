@@ -35,6 +35,7 @@ impl Report {
                 "truncated_by": cpu.truncated_by,
                 "unwound": cpu.unwound,
                 "unwind_tables": cpu.unwind_tables,
+                "python": cpu.python,
                 "user_stacks_full": self.kernel.user_stacks_full,
                 "samples_map_full": self.kernel.samples_map_full,
                 "top_functions": top_json(cpu),

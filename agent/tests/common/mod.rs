@@ -208,6 +208,15 @@ impl Agent {
         self.wait_report_with_stdout().0
     }
 
+    /// Waits for the agent to end by itself; its JSON and everything it logged.
+    pub fn wait_report_with_log(mut self) -> (serde_json::Value, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        let log = self.drain_log();
+        assert!(status.success(), "inferscope failed ({status}): stderr {log:?}");
+        let text = std::fs::read_to_string(&self.json).unwrap_or_else(|e| panic!("no JSON report ({e})"));
+        (serde_json::from_str(&text).unwrap(), log)
+    }
+
     pub fn wait_report_with_stdout(mut self) -> (serde_json::Value, String) {
         let status = self.child.wait().unwrap();
         let mut out = String::new();
