@@ -211,10 +211,14 @@ fn check_node_h2(tls: bool) {
     if tls {
         // Every connection followed from its plaintext, none left undecoded, no ciphertext parsed.
         let t = &report["summary"]["events"]["tls"];
+        eprintln!("{name}: events.tls {t}, lost.tls {}, parse.h2 {h2}", report["summary"]["lost"]["tls"]);
         assert_eq!((t["connections_decoded"].as_u64(), t["connections_undecoded"].as_u64()), (Some(3), Some(0)), "{t}");
         let k = &report["summary"]["lost"]["tls"];
         assert!(k["plaintext"].as_u64().unwrap() > 0, "{k}");
-        assert_eq!(k["unmapped"], 0, "{k}");
+        // Node's memory BIO: an `SSL *` is tied to its socket by its first plaintext read, and
+        // the server writes its SETTINGS frame right after the handshake, before the client's
+        // preface is read: that one write per connection is not mapped (no stream data in it).
+        assert!(k["unmapped"].as_u64().unwrap() <= 3, "at most the opening SETTINGS of each connection: {k}");
     }
 }
 
