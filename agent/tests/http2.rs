@@ -1,5 +1,6 @@
 //! HTTP/2 stream timing against ground truth the servers record themselves: a Node `http2`
-//! cleartext (prior knowledge) SSE server with several concurrent streams per connection and
+//! SSE server, cleartext (prior knowledge) and over TLS (ALPN h2, Node's own OpenSSL, the
+//! plaintext from the libssl probes), with several concurrent streams per connection and
 //! one stream per connection reset by the client mid-way, and a Python `grpcio` server-streaming
 //! server (each message a chunk, the end at the trailers, the method name as the path).
 //! Needs root: the real eBPF programs are loaded into this kernel.
@@ -138,14 +139,22 @@ fn check_ttft_errors(what: &str, errs: Vec<f64>, tolerance_s: Option<f64>) {
     }
 }
 
-#[test]
-fn node_h2c_sse_streams_match_ground_truth() {
+/// 3 connections × 4 concurrent streams of the Node SSE server, the first stream of each reset
+/// by the client; with `tls`, over TLS (ALPN h2) with a throwaway self-signed certificate.
+fn check_node_h2(tls: bool) {
     let _serial = require_root();
-    let dir = scratch_dir("h2c");
+    let name = if tls { "h2-tls" } else { "h2c" };
+    let dir = scratch_dir(name);
     let root = workspace_root();
     let node = Path::new("node");
-    let (server, port) =
-        start(node, &[root.join("tests/servers/sse_server_h2.js").to_str().unwrap()], &dir.join("truth.jsonl"));
+    let server_js = root.join("tests/servers/sse_server_h2.js");
+    let (cert, key) = if tls { make_cert(&dir) } else { Default::default() };
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut server_args = vec![server_js.to_str().unwrap()];
+    if tls {
+        server_args.extend(["--tls-cert", cert_s, "--tls-key", key_s]);
+    }
+    let (server, port) = start(node, &server_args, &dir.join("truth.jsonl"));
     let client_js = root.join("tests/servers/h2_client.js");
     let port_s = port.to_string();
     let query = "tokens=8&interval_ms=12&prefill_ms=15";
@@ -153,11 +162,18 @@ fn node_h2c_sse_streams_match_ground_truth() {
         let a = [client_js.to_str().unwrap(), "--port", &port_s, "--connections", connections, "--streams", streams];
         let mut a: Vec<&str> = a.to_vec();
         a.extend(["--query", query, "--prefix", prefix, "--reset-after", reset]);
+        if tls {
+            a.extend(["--ca", cert_s]);
+        }
         client(node, &a)
     };
     // Warm-up before attaching: Node compiles its http2 stack on first use.
     run("warm", "1", "4", "3");
     let agent = Agent::attach(server.0.id(), &dir.join("report.json"), &[]);
+    if tls {
+        let line = agent.log.iter().find(|l| l.contains("attached to pid")).cloned().unwrap_or_default();
+        assert!(line.contains("TLS: libssl probes in"), "{name}: the capture line says TLS is probed: {line}");
+    }
     // 3 connections × 4 concurrent streams; the first stream of each is reset after 3 events.
     let sent = run("h", "3", "4", "3");
     assert_eq!(sent.len(), 12);
@@ -170,7 +186,7 @@ fn node_h2c_sse_streams_match_ground_truth() {
     let mut resets = 0;
     for t in &truth {
         let path = t["path"].as_str().unwrap();
-        let ctx = format!("h2c {path}");
+        let ctx = format!("{name} {path}");
         let r = got.get(path).unwrap_or_else(|| panic!("{ctx}: no agent record; summary {}", report["summary"]));
         assert_eq!(r["method"], "GET", "{ctx}");
         let sent_ns: u64 = sent[t["id"].as_str().unwrap()]["sent_ns"].as_str().unwrap().parse().unwrap();
@@ -186,13 +202,37 @@ fn node_h2c_sse_streams_match_ground_truth() {
             within(&ctx, "end", u(&r["end_ns"]), u(&t["end_ns"]) - EARLY_NS, u(&t["end_ns"]) + WRITE_LAG_NS);
         }
     }
-    check_ttft_errors("node h2c, 12 streams on 3 connections", errs, Some(TTFT_TOLERANCE_S));
+    check_ttft_errors(&format!("node {name}, 12 streams on 3 connections"), errs, Some(TTFT_TOLERANCE_S));
     assert_eq!(resets, 3, "one reset stream per connection, as the server saw it");
     let h2 = &report["summary"]["parse"]["h2"];
     assert_eq!((h2["connections"].as_u64(), h2["streams"].as_u64()), (Some(3), Some(12)), "{h2}");
     assert_eq!(h2["resets"], 3, "{h2}");
     assert_eq!((h2["undecodable_headers"].as_u64(), h2["desyncs"].as_u64()), (Some(0), Some(0)), "{h2}");
     assert_eq!(report["summary"]["parse"]["bad_heads"], 0);
+    if tls {
+        // Every connection followed from its plaintext, none left undecoded, no ciphertext parsed.
+        let t = &report["summary"]["events"]["tls"];
+        eprintln!("{name}: events.tls {t}, lost.tls {}, parse.h2 {h2}", report["summary"]["lost"]["tls"]);
+        assert_eq!((t["connections_decoded"].as_u64(), t["connections_undecoded"].as_u64()), (Some(3), Some(0)), "{t}");
+        let k = &report["summary"]["lost"]["tls"];
+        assert!(k["plaintext"].as_u64().unwrap() > 0, "{k}");
+        // Node's memory BIO: an `SSL *` is tied to its socket by its first plaintext read, and
+        // the server writes its SETTINGS frame right after the handshake, before the client's
+        // preface is read: that one write per connection is not mapped (no stream data in it).
+        assert!(k["unmapped"].as_u64().unwrap() <= 3, "at most the opening SETTINGS of each connection: {k}");
+    }
+}
+
+#[test]
+fn node_h2c_sse_streams_match_ground_truth() {
+    check_node_h2(false);
+}
+
+/// HTTP/2 over TLS (ALPN h2, `http2.createSecureServer`): the libssl plaintext reaches the
+/// same HTTP/2 parser, with the same accuracy as cleartext.
+#[test]
+fn node_h2_over_tls_sse_streams_match_ground_truth() {
+    check_node_h2(true);
 }
 
 #[test]

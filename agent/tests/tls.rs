@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -34,21 +34,6 @@ const TTFT_MEDIAN_TOLERANCE_S: f64 = 0.0005;
 /// below it for clock reads on different CPUs.
 const WRITE_LAG_NS: u64 = 10_000_000;
 const EARLY_NS: u64 = 50_000;
-
-/// A throwaway self-signed certificate for 127.0.0.1 (EC P-256: fast handshakes).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (cargo xtask setup installs it)");
-    assert!(st.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&st.stderr));
-    (cert, key)
-}
 
 /// Runs the HTTPS load client (tests/servers/tls_load.py); one JSON value per request.
 fn load(port: u16, ca: &Path, n: usize, conc: usize, ka: bool, query: &str, prefix: &str) -> Vec<serde_json::Value> {

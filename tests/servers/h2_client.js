@@ -1,17 +1,19 @@
 #!/usr/bin/env node
-// HTTP/2 cleartext load client for sse_server_h2.js: `--connections C` connections, each with
+// HTTP/2 load client for sse_server_h2.js (cleartext, or TLS with ALPN h2 given `--ca PEM`): `--connections C` connections, each with
 // `--streams S` concurrent GET streams of `/v1/chat/completions/<prefix><n>?<query>`.
 // With `--reset-after K`, the first stream of each connection is reset by the client
 // (RST_STREAM CANCEL) once it has received K `data:` events with content.
 // Prints one JSON line per stream ({id, sent_ns, events, reset, error}) then `DONE n`.
 //
 //   node tests/servers/h2_client.js --port P --connections 2 --streams 4 --query tokens=8 --prefix a
+//   node tests/servers/h2_client.js --port P --ca cert.pem ...
 'use strict';
 
+const fs = require('fs');
 const http2 = require('http2');
 
 function parseArgs(argv) {
-  const a = { port: 0, connections: 1, streams: 1, query: '', prefix: 'h2-', resetAfter: 0 };
+  const a = { port: 0, connections: 1, streams: 1, query: '', prefix: 'h2-', resetAfter: 0, ca: null };
   for (let i = 0; i < argv.length; i += 2) {
     const v = argv[i + 1];
     switch (argv[i]) {
@@ -21,6 +23,7 @@ function parseArgs(argv) {
       case '--query': a.query = v; break;
       case '--prefix': a.prefix = v; break;
       case '--reset-after': a.resetAfter = Number(v); break;
+      case '--ca': a.ca = v; break;
       default: throw new Error(`unknown argument ${argv[i]}`);
     }
   }
@@ -56,7 +59,9 @@ async function main() {
   const a = parseArgs(process.argv.slice(2));
   const all = [];
   for (let c = 0; c < a.connections; c++) {
-    const session = http2.connect(`http://127.0.0.1:${a.port}`);
+    const session = a.ca
+      ? http2.connect(`https://127.0.0.1:${a.port}`, { ca: fs.readFileSync(a.ca), ALPNProtocols: ['h2'] })
+      : http2.connect(`http://127.0.0.1:${a.port}`);
     session.on('error', (e) => console.error('session error', e));
     const streams = [];
     for (let s = 0; s < a.streams; s++) {

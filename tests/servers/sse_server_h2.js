@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-// SSE test server over HTTP/2 cleartext with prior knowledge (Node `http2` module): the same
+// SSE test server over HTTP/2 (Node `http2` module), cleartext with prior knowledge or, with
+// --tls-cert/--tls-key, over TLS (ALPN h2 only, Node's own OpenSSL): the same
 // protocol, stream plan and truth schema as sse_server.js (tests/servers/README.md), one
 // HTTP/2 stream per request, many streams per connection.
 //
 //   node tests/servers/sse_server_h2.js --port 0 --truth /tmp/truth-h2.jsonl
+//   node tests/servers/sse_server_h2.js --port 0 --truth /tmp/t.jsonl --tls-cert c.pem --tls-key k.pem
 //
 // Truth: request_ns is stamped in the 'stream' event, which nghttp2 raises synchronously
 // while Node processes the read that carried the request's HEADERS (with END_STREAM: the
@@ -20,15 +22,19 @@ const http2 = require('http2');
 const { parseParams, ssePlan, pause, toJson, BadRequest, STREAM_PREFIX } = require('./sse_server.js');
 
 function parseArgs(argv) {
-  const args = { port: 0, truth: null };
+  const args = { port: 0, truth: null, tlsCert: null, tlsKey: null };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].includes('=') ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
     const value = () => (inline !== undefined ? inline : argv[++i]);
     if (flag === '--port') args.port = Number(value());
     else if (flag === '--truth') args.truth = value();
+    else if (flag === '--tls-cert') args.tlsCert = value();
+    else if (flag === '--tls-key') args.tlsKey = value();
     else throw new Error(`unknown argument ${argv[i]}`);
   }
-  if (!args.truth) throw new Error('usage: sse_server_h2.js --truth FILE [--port P]');
+  if (!args.truth || !args.tlsCert !== !args.tlsKey) {
+    throw new Error('usage: sse_server_h2.js --truth FILE [--port P] [--tls-cert PEM --tls-key PEM]');
+  }
   return args;
 }
 
@@ -77,7 +83,17 @@ async function serve(stream, meta, p, truthFd) {
 function main() {
   const args = parseArgs(process.argv.slice(2));
   const truthFd = fs.openSync(args.truth, 'w');
-  const server = http2.createServer({ settings: { maxConcurrentStreams: 128 } });
+  const settings = { maxConcurrentStreams: 128 };
+  // TLS: HTTP/2 only (ALPN h2, no HTTP/1.1 fallback), through the OpenSSL linked into node.
+  const server = args.tlsCert
+    ? http2.createSecureServer({
+        settings,
+        allowHTTP1: false,
+        ALPNProtocols: ['h2'],
+        cert: fs.readFileSync(args.tlsCert),
+        key: fs.readFileSync(args.tlsKey),
+      })
+    : http2.createServer({ settings });
   server.on('stream', (stream, headers) => {
     const requestNs = process.hrtime.bigint();
     // Several requests often arrive in one read and their 'stream' events follow each other

@@ -46,6 +46,21 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A throwaway self-signed certificate for 127.0.0.1 (EC P-256: fast handshakes).
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (cargo xtask setup installs it)");
+    assert!(st.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&st.stderr));
+    (cert, key)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerKind {
     Rust,
