@@ -67,10 +67,12 @@ impl EventSplitter {
     /// Feeds body bytes; `on_event` gets each complete event's data (SSE: `data` lines joined
     /// by LF; NDJSON: the line).
     pub fn feed(&mut self, bytes: &[u8], on_event: &mut impl FnMut(&[u8])) {
-        for &b in bytes {
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
             if self.after_cr {
                 self.after_cr = false;
                 if b == b'\n' {
+                    i += 1;
                     continue;
                 }
             }
@@ -78,10 +80,39 @@ impl EventSplitter {
                 b'\r' => {
                     self.after_cr = true;
                     self.end_line(on_event);
+                    i += 1;
                 }
-                b'\n' => self.end_line(on_event),
-                _ => self.push(b),
+                b'\n' => {
+                    self.end_line(on_event);
+                    i += 1;
+                }
+                _ => {
+                    // The rest of the line in one piece: most of a stream is data values.
+                    let end = memchr::memchr2(b'\r', b'\n', &bytes[i..]).map_or(bytes.len(), |n| i + n);
+                    self.push_run(&bytes[i..end]);
+                    i = end;
+                }
             }
+        }
+    }
+
+    /// A non-empty run of bytes with no line end: the field name byte by byte (at most 8 are
+    /// kept), then a data value or an NDJSON line copied whole, an ignored field skipped whole.
+    fn push_run(&mut self, mut run: &[u8]) {
+        while let Some((&b, rest)) = run.split_first() {
+            let whole = match self.format {
+                Format::Ndjson => true,
+                Format::Sse => self.field == Field::Ignored || (self.field == Field::Data && !self.value_start),
+            };
+            if whole {
+                self.line_empty = false;
+                if self.field != Field::Ignored || self.format == Format::Ndjson {
+                    self.keep_all(run);
+                }
+                return;
+            }
+            self.push(b);
+            run = rest;
         }
     }
 
@@ -145,6 +176,14 @@ impl EventSplitter {
                 Field::Ignored => {}
             },
         }
+    }
+
+    fn keep_all(&mut self, bytes: &[u8]) {
+        let room = MAX_EVENT_DATA.saturating_sub(self.data.len());
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.data.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn keep(&mut self, b: u8) {

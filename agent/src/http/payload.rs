@@ -71,13 +71,14 @@ fn trim(mut s: &[u8]) -> &[u8] {
 /// slightly malformed JSON still yields what it contains instead of failing.
 fn scan_json(s: &[u8]) -> Classification {
     let mut out = Classification::default();
-    let mut key = [0u8; MAX_KEY];
-    let mut key_len: usize = usize::MAX; // usize::MAX: no key pending
+    // The pending key's raw bytes; `None`: no key pending, or one that matches nothing (longer
+    // than `MAX_KEY` or escaped).
+    let mut key: Option<&[u8]> = None;
     let mut i = 0;
     while i < s.len() {
         match s[i] {
             b'"' => {
-                let (end, len, buf) = read_string(s, i + 1);
+                let (end, len, raw) = read_string(s, i + 1);
                 i = end;
                 // A string followed by ':' is a key; otherwise it is a value of the pending key.
                 let mut j = i;
@@ -85,23 +86,19 @@ fn scan_json(s: &[u8]) -> Classification {
                     j += 1;
                 }
                 if j < s.len() && s[j] == b':' {
-                    key = buf;
-                    key_len = if len <= MAX_KEY { len } else { usize::MAX - 1 };
+                    key = raw;
                     i = j + 1;
                     continue;
                 }
-                if key_len <= MAX_KEY {
-                    let k = &key[..key_len];
+                if let Some(k) = key {
                     if len > 0 && CONTENT_KEYS.contains(&k) {
                         out.content = true;
                     }
-                    if TERMINAL_STRING_KEYS.contains(&k)
-                        || (k == b"type" && &buf[..len.min(MAX_KEY)] == b"message_stop")
-                    {
+                    if TERMINAL_STRING_KEYS.contains(&k) || (k == b"type" && raw == Some(b"message_stop")) {
                         out.terminal = true;
                     }
                 }
-                key_len = usize::MAX;
+                key = None;
             }
             b'0'..=b'9' => {
                 let mut v: u64 = 0;
@@ -114,20 +111,20 @@ fn scan_json(s: &[u8]) -> Classification {
                     i += 1;
                 }
                 let integral = !(i < s.len() && (s[i] == b'.' || s[i] == b'e' || s[i] == b'E'));
-                if integral && !overflow && key_len <= MAX_KEY && TOKEN_KEYS.contains(&&key[..key_len]) {
+                if integral && !overflow && key.is_some_and(|k| TOKEN_KEYS.contains(&k)) {
                     out.tokens = Some(v);
                 }
-                key_len = usize::MAX;
+                key = None;
             }
             b't' if s[i..].starts_with(b"true") => {
-                if key_len <= MAX_KEY && TERMINAL_TRUE_KEYS.contains(&&key[..key_len]) {
+                if key.is_some_and(|k| TERMINAL_TRUE_KEYS.contains(&k)) {
                     out.terminal = true;
                 }
-                key_len = usize::MAX;
+                key = None;
                 i += 4;
             }
             b'{' | b'[' | b',' => {
-                key_len = usize::MAX; // structural: only a scalar right after a key is its value
+                key = None; // structural: only a scalar right after a key is its value
                 i += 1;
             }
             _ => i += 1,
@@ -136,29 +133,38 @@ fn scan_json(s: &[u8]) -> Classification {
     out
 }
 
-/// Reads a JSON string starting after its opening quote. Returns the index after the closing
-/// quote, the decoded length in bytes (escapes count as one), and the first `MAX_KEY` raw bytes.
-fn read_string(s: &[u8], mut i: usize) -> (usize, usize, [u8; MAX_KEY]) {
-    let mut buf = [0u8; MAX_KEY];
-    let mut len = 0usize;
-    while i < s.len() {
-        match s[i] {
-            b'"' => return (i + 1, len, buf),
-            b'\\' => {
-                i += 2;
-                len += 1;
-                continue;
-            }
-            b => {
-                if len < MAX_KEY {
-                    buf[len] = b;
-                }
-                len += 1;
-                i += 1;
-            }
+/// Reads a JSON string starting at `start`, after its opening quote. Returns the index after the
+/// closing quote (or the end of a cut payload), the decoded length in bytes (an escape counts
+/// as one), and the raw bytes when they can be compared with a key: closed, unescaped and at
+/// most `MAX_KEY` long.
+fn read_string(s: &[u8], start: usize) -> (usize, usize, Option<&[u8]>) {
+    let mut i = start;
+    let mut escapes = 0usize;
+    while let Some(n) = quote_or_escape(&s[i..]) {
+        i += n;
+        if s[i] == b'"' {
+            let raw = &s[start..i];
+            let comparable = escapes == 0 && raw.len() <= MAX_KEY;
+            return (i + 1, raw.len() - escapes, comparable.then_some(raw));
+        }
+        escapes += 1;
+        i += 2; // the backslash and the escaped byte
+        if i >= s.len() {
+            return (s.len(), (s.len() - start).saturating_sub(escapes), None);
         }
     }
-    (i, len, buf)
+    (s.len(), s.len() - start - escapes, None)
+}
+
+/// The first `"` or `\` in `s`. Most strings are short keys: a plain loop over the first 16
+/// bytes costs less than setting up the SIMD search, which takes the rest.
+#[inline(always)]
+fn quote_or_escape(s: &[u8]) -> Option<usize> {
+    let head = s.len().min(16);
+    if let Some(n) = s[..head].iter().position(|&c| c == b'"' || c == b'\\') {
+        return Some(n);
+    }
+    memchr::memchr2(b'"', b'\\', &s[head..]).map(|n| n + head)
 }
 
 #[cfg(test)]
@@ -167,6 +173,20 @@ mod tests {
 
     fn c(s: &str) -> Classification {
         classify(s.as_bytes())
+    }
+
+    #[test]
+    fn long_strings_with_escapes_keep_the_scan_in_step() {
+        // Values longer than the key prefix, with escaped quotes past it: the scan must land
+        // on the right closing quote so the keys after them are still read.
+        let v = format!(
+            r#"{{"delta":{{"content":"{}\"quoted\" {}"}},"usage":{{"completion_tokens":7}},"finish_reason":"stop"}}"#,
+            "x".repeat(40),
+            "y".repeat(50)
+        );
+        assert_eq!(c(&v), Classification { content: true, tokens: Some(7), terminal: true });
+        let k = format!(r#"{{"{}\"":"v","completion_tokens":3}}"#, "k".repeat(40));
+        assert_eq!(c(&k), Classification { content: false, tokens: Some(3), terminal: false });
     }
 
     #[test]
