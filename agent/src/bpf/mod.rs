@@ -136,6 +136,8 @@ pub struct SocketProbes {
     /// Native unwinding: tables of the files followed processes map, and whether it is on.
     unwind: crate::unwind::Tables,
     unwind_enabled: bool,
+    /// `--frame-pointers-only`: never turn unwinding on.
+    unwind_disabled: bool,
     /// Python frames in samples (`python.rs`).
     python: python::PythonState,
 }
@@ -221,6 +223,7 @@ impl SocketProbes {
             uprobes_attached: 0,
             unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
             unwind_enabled: false,
+            unwind_disabled: false,
             python: python::PythonState::default(),
         })
     }
