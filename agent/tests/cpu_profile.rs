@@ -4,8 +4,10 @@
 //! --perf-basic-prof (JIT names from the perf map), and the prefill/decode phase split on a
 //! streaming server that burns CPU in `prefill_work` before the first token and `decode_work`
 //! between tokens; whole stacks without frame pointers (`.eh_frame` unwinding) on a C fixture
-//! with two threads, a shared library, a dlopen'ed plugin and a recursion, and on the Rust
-//! release fixture. Needs root.
+//! with two threads, a shared library, a dlopen'ed plugin and a recursion, on a C++ one alike
+//! (shares against its own thread CPU clock and `perf record --call-graph dwarf`), and on the
+//! Rust release fixture; off-CPU stacks with and without frame pointers; a row array too small
+//! for libc (counted, walked by frame pointers). Needs root.
 
 mod common;
 
@@ -440,8 +442,13 @@ fn whole_stacks_without_frame_pointers() {
         let pa = share(&perf_folded, |f| f == "alpha");
         let pb = share(&perf_folded, |f| f == "beta");
         let perf_a = pa / (pa + pb).max(1e-9);
-        eprintln!("perf --call-graph dwarf: alpha {:.1}% beta {:.1}%", perf_a * 100.0, 100.0 - perf_a * 100.0);
-        assert!((perf_a - share_a).abs() <= 0.10, "perf {perf_a} vs ours {share_a}");
+        let tolerance = perf_tolerance(perf_a, &script.stdout);
+        eprintln!(
+            "perf --call-graph dwarf: alpha {:.1}% beta {:.1}% (tolerance {tolerance:.3})",
+            perf_a * 100.0,
+            100.0 - perf_a * 100.0,
+        );
+        assert!((perf_a - share_a).abs() <= tolerance, "perf {perf_a} vs ours {share_a}");
     } else {
         panic!("perf record --call-graph dwarf failed");
     }
@@ -478,8 +485,11 @@ fn cpp_whole_stacks_without_frame_pointers() {
     let truth_file = dir.join("truth.txt");
     let (mut child, pid) = start(Command::new(&exe).arg("5").arg(&plugin).arg(&truth_file));
     let folded_path = dir.join("cpu.folded");
-    let agent =
-        Agent::attach(pid, &dir.join("report.json"), &["--frequency", "499", "--folded", folded_path.to_str().unwrap()]);
+    let agent = Agent::attach(
+        pid,
+        &dir.join("report.json"),
+        &["--frequency", "499", "--folded", folded_path.to_str().unwrap()],
+    );
     // Only now does the fixture dlopen its plugin, start its clocks and work, until it exits.
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
@@ -515,9 +525,8 @@ fn cpp_whole_stacks_without_frame_pointers() {
     });
     let reduce = "mathlib::reduce(long, int)";
     let deep = count(&|s: &str| s.contains(&[reduce; 4].join(";")));
-    let via_plugin = count(&|s: &str| {
-        s.contains(&format!("infer::Engine::decode(long);plugin::GreedyDecoder::run(long);{reduce}"))
-    });
+    let via_plugin =
+        count(&|s: &str| s.contains(&format!("infer::Engine::decode(long);plugin::GreedyDecoder::run(long);{reduce}")));
     let threads = (
         count(&|s: &str| s.contains(";main;infer::Server::serve()")),
         count(&|s: &str| s.contains(worker_chain) && s.contains(";infer::Server::serve()")),
@@ -557,16 +566,16 @@ fn cpp_whole_stacks_without_frame_pointers() {
     use inferno::collapse::Collapse;
     inferno::collapse::perf::Folder::default().collapse(&script.stdout[..], &mut out).unwrap();
     let perf_folded = parse_folded(&String::from_utf8_lossy(&out));
-    let perf_shares: Vec<f64> =
-        ["infer::Engine::prefill", "infer::Engine::decode", "infer::Engine::sample<4>"]
-            .iter()
-            .map(|n| share(&perf_folded, |f| f.contains(n)))
-            .collect();
+    let perf_shares: Vec<f64> = ["infer::Engine::prefill", "infer::Engine::decode", "infer::Engine::sample<4>"]
+        .iter()
+        .map(|n| share(&perf_folded, |f| f.contains(n)))
+        .collect();
     let perf_sum: f64 = perf_shares.iter().sum();
     for i in 0..3 {
         let (p, s) = (perf_shares[i] / perf_sum.max(1e-9), ours[i] as f64 / ours_sum.max(1) as f64);
         eprintln!("  perf --call-graph dwarf: {} {:.1}% (ours {:.1}%)", names[i], p * 100.0, s * 100.0);
-        assert!((p - s).abs() <= 0.10, "perf {p} vs ours {s} for {}", names[i]);
+        let tolerance = perf_tolerance(p, &script.stdout);
+        assert!((p - s).abs() <= tolerance, "perf {p} vs ours {s} for {} (tolerance {tolerance})", names[i]);
     }
     assert!(perf_shares[0] > perf_shares[1] && perf_shares[0] > perf_shares[2], "perf's top function: {perf_shares:?}");
 }
@@ -580,4 +589,49 @@ fn whole_chain_to(stack: &str, chains: &[&str]) -> bool {
     });
     let text = format!(";{};", user.join(";"));
     root_ok && chains.iter().any(|c| text.contains(c))
+}
+
+/// A row array too small for libc (`INFERSCOPE_UNWIND_TABLE_KIB=64`: 8,192 rows, libc alone has
+/// ~20k): libc goes without a table, counted in `table_full`, and is walked by frame pointers,
+/// while the fixture's own files still give the chain from main/worker down to the leaf.
+#[test]
+fn unwind_table_size_is_configurable_and_overflow_counted() {
+    let _serial = require_root();
+    let dir = scratch_dir("cpu-unwind-small");
+    let (exe, plugin) = build_unwind_fixture(&dir);
+    let (mut child, pid) = start(Command::new(&exe).arg("3").arg(&plugin));
+    let folded_path = dir.join("cpu.folded");
+    let agent = Agent::attach_with_env(
+        pid,
+        &dir.join("report.json"),
+        &["--duration", "2", "--frequency", "499", "--folded", folded_path.to_str().unwrap()],
+        &[("INFERSCOPE_UNWIND_TABLE_KIB", Path::new("64"))],
+    );
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    let report = agent.wait_report();
+    child.kill().ok();
+    child.wait().ok();
+    let folded = read_folded(&folded_path);
+    let total: u64 = folded.values().sum();
+    let chained: u64 = folded.iter().filter(|(s, _)| s.contains(";serve;dispatch;")).map(|(_, n)| n).sum();
+    let tables = &report["cpu"]["unwind_tables"];
+    eprintln!("small table: {total} samples, {chained} through serve;dispatch; tables {tables}");
+    assert_eq!(tables["capacity_bytes"], 64 * 1024, "{tables}");
+    assert!(tables["table_full"].as_u64().unwrap() >= 1, "libc does not fit: {tables}");
+    assert!(tables["map_bytes"].as_u64().unwrap() <= 64 * 1024, "{tables}");
+    assert!(total >= 100, "samples: {total}");
+    assert!(chained as f64 >= 0.9 * total as f64, "the fixture's own frames are whole: {chained} of {total}");
+}
+
+/// How far perf's share `p` may be from ours: 10 points, or 3 standard errors of a share from
+/// perf's sample count when that is more (99 Hz for 2-3 s on a loaded 2-core machine gives perf
+/// ~100 samples, ±5 points at one sigma).
+/// `perf script` prints one unindented header line per sample, its frames indented below it
+/// (the folded counts are periods in ns, not samples).
+fn perf_tolerance(p: f64, script: &[u8]) -> f64 {
+    let text = String::from_utf8_lossy(script);
+    let n = text.lines().filter(|l| l.chars().next().is_some_and(|c| !c.is_whitespace())).count().max(1) as f64;
+    eprintln!("perf: {n} samples");
+    (3.0 * (p * (1.0 - p) / n).sqrt()).max(0.10)
 }

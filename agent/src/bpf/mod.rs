@@ -158,6 +158,8 @@ impl SocketProbes {
         };
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::EVENTS, ring);
+        let unwind_chunks = crate::unwind::table_chunks();
+        loader.map_max_entries(maps::UNWIND_ROWS, unwind_chunks);
         if let Ok(l) = &layout {
             use agent_common::globals as g;
             loader
@@ -221,7 +223,7 @@ impl SocketProbes {
             tls_loaded: false,
             sched_exit_attached: false,
             uprobes_attached: 0,
-            unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
+            unwind: crate::unwind::Tables::new(unwind_chunks),
             unwind_enabled: false,
             unwind_disabled: false,
             python: python::PythonState::default(),
