@@ -46,6 +46,7 @@ pub mod maps {
     pub const UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
     pub const UNWIND_STATE: &str = "UNWIND_STATE";
     pub const UNWIND_PROGS: &str = "UNWIND_PROGS";
+    pub const OFFCPU_UNWIND_PROGS: &str = "OFFCPU_UNWIND_PROGS";
     pub const USER_STACKS: &str = "USER_STACKS";
 }
 

@@ -9,6 +9,7 @@
 //! | `lifecycle` | `sched_process_exit`, `sched_process_exec` | per-thread cleanup, daemon discovery |
 //! | `sampling` | perf cpu-clock, `sched_switch` | CPU and off-CPU profiles |
 //! | `unwind` | `cpu_unwind` (tail-called by `cpu_sample`) | user stacks from `.eh_frame` tables |
+//! | `offcpu` | `offcpu_unwind` (tail-called by `offcpu_switch`) | off-CPU user stacks from `.eh_frame` tables |
 //! | `python` | `cpu_python` (tail-called by `cpu_unwind`) | CPython frames of a sample |
 //!
 //! `common` holds what they share (followed processes, the data ring, loss counters). The
@@ -21,6 +22,7 @@
 
 mod common;
 mod lifecycle;
+mod offcpu;
 mod python;
 mod sampling;
 mod socket;

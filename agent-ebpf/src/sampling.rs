@@ -38,38 +38,43 @@ pub fn offcpu_switch(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
+    // The thread switched in first: the switch-out below may end in a tail call (`offcpu`).
+    let next: u32 = unsafe { ctx.read_at::<i32>(SWITCH_NEXT_PID) }.unwrap_or(0) as u32;
+    // SAFETY: copied out before the entry is removed.
+    if let Some(start) = (unsafe { OFFCPU_START.get(&next) }).copied() {
+        let _ = OFFCPU_START.remove(&next);
+        add_offcpu(&start.key, now.saturating_sub(start.ts_ns));
+    }
     // `prev` is the current task.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // SAFETY: tracepoint record reads at offsets from its format file.
     let prev_state: i64 = unsafe { ctx.read_at(SWITCH_PREV_STATE) }.unwrap_or(0);
-    if tid != 0 && prev_state != 0 {
-        // SAFETY: read-only lookup of a plain value.
-        if let Some(&phase) = unsafe { PROFILE_PHASE.get(&tgid) } {
-            let user_stack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK).map_or(-1, |id| id as i32);
-            let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-            let start = OffCpuStart { ts_ns: now, key: SampleKey { tgid, phase, user_stack, kernel_stack } };
-            if OFFCPU_START.insert(&tid, &start, 0).is_err() {
-                bump(counter::OFFCPU_FULL);
-            }
-        }
+    if tid == 0 || prev_state == 0 {
+        return 0;
     }
-    let next: u32 = unsafe { ctx.read_at::<i32>(SWITCH_NEXT_PID) }.unwrap_or(0) as u32;
-    // SAFETY: copied out before the entry is removed.
-    let Some(start) = (unsafe { OFFCPU_START.get(&next) }).copied() else { return 0 };
-    let _ = OFFCPU_START.remove(&next);
-    let away = now.saturating_sub(start.ts_ns);
-    if let Some(total) = OFFCPU.get_ptr_mut(&start.key) {
+    // SAFETY: read-only lookup of a plain value.
+    let Some(&phase) = (unsafe { PROFILE_PHASE.get(&tgid) }) else { return 0 };
+    let kernel_stack = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let key = SampleKey { tgid, phase, user_stack: -1, kernel_stack };
+    crate::offcpu::start(&ctx, key, now, tid);
+    let user_stack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK).map_or(-1, |id| id as i32);
+    crate::offcpu::record_start(tid, now, SampleKey { user_stack, ..key });
+    0
+}
+
+#[inline(always)]
+fn add_offcpu(key: &SampleKey, away: u64) {
+    if let Some(total) = OFFCPU.get_ptr_mut(key) {
         // SAFETY: this CPU's slot of a map value.
         unsafe { *total += away };
-    } else if OFFCPU.insert(&start.key, &away, BPF_NOEXIST).is_err() {
-        match OFFCPU.get_ptr_mut(&start.key) {
+    } else if OFFCPU.insert(key, &away, BPF_NOEXIST).is_err() {
+        match OFFCPU.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(total) => unsafe { *total += away },
             None => bump(counter::OFFCPU_FULL),
         }
     }
-    0
 }
 
 /// One software cpu-clock sample on some CPU: counted in the kernel per (process, phase,

@@ -33,8 +33,12 @@ static UNWIND_ROWS: Array<RowChunk> = Array::with_max_entries(limits::UNWIND_CHU
 static UNWIND_MAPPINGS: HashMap<u32, ProcMappings> = HashMap::with_max_entries(limits::UNWIND_PROCS, BPF_F_NO_PREALLOC);
 #[map]
 static USER_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(limits::USER_STACKS, BPF_F_NO_PREALLOC);
+/// Per CPU: slot `CPU_SLOT` for CPU samples, `OFFCPU_SLOT` for off-CPU walks (`offcpu`), so the
+/// two never share a walk in progress.
 #[map]
-static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) const CPU_SLOT: u32 = 0;
+pub(crate) const OFFCPU_SLOT: u32 = 1;
 /// Slot 0: `cpu_unwind` itself (set by userspace after loading).
 #[map]
 static UNWIND_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -42,14 +46,16 @@ static UNWIND_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The walk in progress on this CPU, carried across tail calls.
 #[repr(C)]
 pub struct UnwindState {
-    stack: UserStack,
+    pub(crate) stack: UserStack,
     ip: u64,
     sp: u64,
     bp: u64,
     pub(crate) key: SampleKey,
+    /// Off-CPU walks: when and which thread left the CPU (`offcpu`).
+    pub(crate) started_ns: u64,
+    pub(crate) tid: u32,
     /// Array indices pass through here on their way to memory (see `launder`).
     index: u32,
-    _pad: u32,
 }
 
 /// Starts unwinding this sample's user stack; returns only when it could not start (setting
@@ -57,21 +63,32 @@ pub struct UnwindState {
 /// path.
 #[inline(always)]
 pub fn start(ctx: &PerfEventContext, key: SampleKey) {
-    if !enabled(setting::UNWIND) || UNWIND_MAPPINGS.get_ptr(&key.tgid).is_none() {
+    if !has_tables(key.tgid) {
         return;
     }
-    let Some(st) = UNWIND_STATE.get_ptr_mut(0) else { return };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU while we do.
-    let st = unsafe { &mut *st };
+    let Some(st) = state_at(CPU_SLOT) else { return };
     let Some((ip, sp, bp)) = user_regs(ctx) else { return };
-    st.ip = ip;
-    st.sp = sp;
-    st.bp = bp;
-    st.key = key;
-    st.stack.len = 0;
-    st.stack.outcome = 0;
+    st.begin(ip, sp, bp, key);
     // SAFETY: on success control never comes back here.
     unsafe { UNWIND_PROGS.tail_call(ctx, 0) };
+}
+
+/// Whether `.eh_frame` unwinding is on and `tgid` has a mapping table.
+#[inline(always)]
+pub(crate) fn has_tables(tgid: u32) -> bool {
+    enabled(setting::UNWIND) && UNWIND_MAPPINGS.get_ptr(&tgid).is_some()
+}
+
+impl UnwindState {
+    #[inline(always)]
+    pub(crate) fn begin(&mut self, ip: u64, sp: u64, bp: u64, key: SampleKey) {
+        self.ip = ip;
+        self.sp = sp;
+        self.bp = bp;
+        self.key = key;
+        self.stack.len = 0;
+        self.stack.outcome = 0;
+    }
 }
 
 /// The interrupted user registers: the sample's own when it hit user mode, else the ones the
@@ -83,6 +100,12 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     if regs.cs & 3 == 3 {
         return Some((regs.rip, regs.rsp, regs.rbp));
     }
+    saved_user_regs()
+}
+
+/// The user registers the current task saved on entering the kernel (syscall, fault, interrupt).
+#[inline(always)]
+pub(crate) fn saved_user_regs() -> Option<(u64, u64, u64)> {
     // SAFETY: BTF task pointer of the current task, as the helper wants it.
     let saved = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as *const pt_regs;
     if saved.is_null() {
@@ -93,36 +116,50 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     (r.rip != 0).then_some((r.rip, r.rsp, r.rbp))
 }
 
-/// This CPU's walk, for the program the finished walk is handed to (`python`).
+/// This CPU's CPU-sample walk, for the program the finished walk is handed to (`python`).
 #[inline(always)]
 pub(crate) fn state() -> Option<&'static mut UnwindState> {
-    let st = UNWIND_STATE.get_ptr_mut(0)?;
-    // SAFETY: as in `start`.
+    state_at(CPU_SLOT)
+}
+
+/// This CPU's walk in `slot`.
+#[inline(always)]
+pub(crate) fn state_at(slot: u32) -> Option<&'static mut UnwindState> {
+    let st = UNWIND_STATE.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's slot; a CPU sample (hard interrupt) and a sched_switch (interrupts
+    // off) use different slots, so nothing else touches it while we run.
     Some(unsafe { &mut *st })
 }
 
 #[perf_event]
 pub fn cpu_unwind(ctx: PerfEventContext) -> u32 {
-    let Some(st) = UNWIND_STATE.get_ptr_mut(0) else { return 0 };
-    // SAFETY: as in `start`.
-    let st = unsafe { &mut *st };
-    // SAFETY: read-only use of a map value userspace replaces whole.
-    let Some(maps) = (unsafe { UNWIND_MAPPINGS.get(&st.key.tgid) }) else {
-        finish(&ctx, st, outcome::NO_MAPPING);
+    let Some(st) = state_at(CPU_SLOT) else { return 0 };
+    if let Some(how) = walk(st) {
+        finish(&ctx, st, how);
         return 0;
-    };
-    let mut i = 0;
-    while i < FRAMES_PER_RUN {
-        if let Some(how) = step(st, maps) {
-            finish(&ctx, st, how);
-            return 0;
-        }
-        i += 1;
     }
     // SAFETY: on success control never comes back here.
     unsafe { UNWIND_PROGS.tail_call(&ctx, 0) };
     finish(&ctx, st, outcome::DEPTH_LIMIT);
     0
+}
+
+/// Up to `FRAMES_PER_RUN` frames of the walk in `st`; `Some` when it ended (and why), `None`
+/// when the caller should tail-call for more.
+#[inline(always)]
+pub(crate) fn walk(st: &mut UnwindState) -> Option<u32> {
+    // SAFETY: read-only use of a map value userspace replaces whole.
+    let Some(maps) = (unsafe { UNWIND_MAPPINGS.get(&st.key.tgid) }) else {
+        return Some(outcome::NO_MAPPING);
+    };
+    let mut i = 0;
+    while i < FRAMES_PER_RUN {
+        if let Some(how) = step(st, maps) {
+            return Some(how);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// One frame: records the current pc and moves the registers to the caller's frame; `Some`

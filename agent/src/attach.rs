@@ -46,6 +46,8 @@ pub struct AttachOptions {
     /// Keep request paths as they were sent (they may carry IDs, keys or e-mail addresses);
     /// by default every output shows the route template instead.
     pub raw_paths: bool,
+    /// Walk user stacks by frame pointers only (no `.eh_frame` tables).
+    pub frame_pointers_only: bool,
 }
 
 impl Default for AttachOptions {
@@ -65,6 +67,7 @@ impl Default for AttachOptions {
             capture: crate::capture::CaptureChoice::Auto,
             raw_paths: false,
             follow_workers: true,
+            frame_pointers_only: false,
         }
     }
 }
@@ -167,6 +170,9 @@ impl Run {
             log::warn!("exec of the target will not be noticed: {e}");
         }
         if let Some(hz) = opts.sample_hz {
+            if opts.frame_pointers_only {
+                ingest.probes.disable_unwind();
+            }
             ingest.probes.start_profiler(opts.pid, hz)?;
         }
         if opts.offcpu {

@@ -109,6 +109,11 @@ enum Command {
         /// serve its listening sockets; followed by default, as they come and go).
         #[arg(long)]
         no_workers: bool,
+        /// Walk user stacks by frame pointers only, without `.eh_frame` unwind tables: cheaper
+        /// samples and no table memory, but stacks through code built without frame pointers
+        /// (most distro libraries, pip wheels, Rust release builds) stop after 2-3 frames.
+        #[arg(long)]
+        frame_pointers_only: bool,
     },
 }
 
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             capture,
             raw_paths,
             no_workers,
+            frame_pointers_only,
         } => {
             anyhow::ensure!(
                 !off_cpu || flamegraph.is_some() || folded.is_some() || pprof.is_some(),
@@ -198,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 capture,
                 raw_paths,
                 follow_workers: !no_workers,
+                frame_pointers_only,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

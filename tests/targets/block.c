@@ -4,7 +4,8 @@
 // for SECONDS records its own ground truth: the wall time spent inside each function, written as
 // "block_a_ns N\nblock_b_ns N\n" to TRUTH_FILE before it exits.
 // usage: block SECONDS A_MS B_MS TRUTH_FILE
-// build: cc -O2 -g -fno-omit-frame-pointer -fno-optimize-sibling-calls -pthread
+// build: cc -O2 -g -fno-omit-frame-pointer -fno-optimize-sibling-calls -pthread; also built with
+// -fomit-frame-pointer, where only .eh_frame unwinding finds the callers of the blocking calls.
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>

@@ -218,6 +218,8 @@ fn setup() -> Result<()> {
         ("strace", "strace"),
         ("perf", "linux-perf"),
         ("cc", "gcc"),
+        // The C++ unwinding fixture (tests/targets/unwind_cpp*.cpp).
+        ("g++", "g++"),
         ("strip", "binutils"),
         // Daemon tests: a real Prometheus scrapes the agent; setpriv runs it with fewer capabilities.
         ("prometheus", "prometheus"),

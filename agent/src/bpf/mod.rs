@@ -136,6 +136,8 @@ pub struct SocketProbes {
     /// Native unwinding: tables of the files followed processes map, and whether it is on.
     unwind: crate::unwind::Tables,
     unwind_enabled: bool,
+    /// `--frame-pointers-only`: never turn unwinding on.
+    unwind_disabled: bool,
     /// Python frames in samples (`python.rs`).
     python: python::PythonState,
 }
@@ -156,6 +158,8 @@ impl SocketProbes {
         };
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::EVENTS, ring);
+        let unwind_chunks = crate::unwind::table_chunks();
+        loader.map_max_entries(maps::UNWIND_ROWS, unwind_chunks);
         if let Ok(l) = &layout {
             use agent_common::globals as g;
             loader
@@ -219,8 +223,9 @@ impl SocketProbes {
             tls_loaded: false,
             sched_exit_attached: false,
             uprobes_attached: 0,
-            unwind: crate::unwind::Tables::new(agent_common::limits::UNWIND_CHUNKS),
+            unwind: crate::unwind::Tables::new(unwind_chunks),
             unwind_enabled: false,
+            unwind_disabled: false,
             python: python::PythonState::default(),
         })
     }

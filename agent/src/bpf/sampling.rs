@@ -54,6 +54,9 @@ impl SocketProbes {
     /// `.eh_frame` unwinding for `pid` (its tables built now); without it (the program refused,
     /// tables not buildable) user stacks are taken by frame pointers as before.
     pub fn start_unwind(&mut self, pid: u32) {
+        if self.unwind_disabled {
+            return;
+        }
         if let Err(e) = self.enable_unwind() {
             log::warn!("native unwinding is off, user stacks need frame pointers: {e}");
             return;

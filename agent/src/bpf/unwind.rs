@@ -8,7 +8,7 @@ use agent_common::{
 };
 use aya::{
     maps::{Array, HashMap, ProgramArray},
-    programs::PerfEvent,
+    programs::{PerfEvent, TracePoint},
 };
 
 use super::{program_mut, verifier_error, ProbeError, SocketProbes};
@@ -30,15 +30,35 @@ impl SocketProbes {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
             .map_err(|e| verifier_error("cpu_unwind", e))?;
-        let map = self.ebpf.map_mut(maps::UNWIND_PROGS).ok_or(ProbeError::Map {
-            name: maps::UNWIND_PROGS,
-            source: aya::maps::MapError::InvalidName { name: maps::UNWIND_PROGS.into() },
-        })?;
-        let mut progs = ProgramArray::try_from(map).map_err(map_error(maps::UNWIND_PROGS))?;
-        progs.set(0, &fd, 0).map_err(map_error(maps::UNWIND_PROGS))?;
+        self.set_tail_call(maps::UNWIND_PROGS, &fd)?;
+        // Off-CPU stacks use the same tables through a tracepoint twin; without it they are
+        // taken by frame pointers and CPU samples are unwound as before.
+        if let Err(e) = self.load_offcpu_unwind() {
+            log::warn!("off-CPU user stacks need frame pointers: {e}");
+        }
         self.set_setting(setting::UNWIND, true)?;
         self.unwind_enabled = true;
         Ok(())
+    }
+
+    fn load_offcpu_unwind(&mut self) -> Result<(), ProbeError> {
+        let prog: &mut TracePoint = program_mut(&mut self.ebpf, "offcpu_unwind")?;
+        prog.load().map_err(|e| verifier_error("offcpu_unwind", e))?;
+        let fd = prog
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+            .map_err(|e| verifier_error("offcpu_unwind", e))?;
+        self.set_tail_call(maps::OFFCPU_UNWIND_PROGS, &fd)
+    }
+
+    /// Puts `fd` in slot 0 of the program array `name`.
+    fn set_tail_call(&mut self, name: &'static str, fd: &aya::programs::ProgramFd) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(ProbeError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let mut progs = ProgramArray::try_from(map).map_err(map_error(name))?;
+        progs.set(0, fd, 0).map_err(map_error(name))
     }
 
     /// Looks at `pid`'s executable mappings and, when they changed (start, dlopen), compiles
@@ -80,6 +100,12 @@ impl SocketProbes {
             let _ = procs.remove(&pid);
         }
         self.unwind.forget(pid);
+    }
+
+    /// Frame pointers only from now on (`--frame-pointers-only`): no tables are built and the
+    /// unwinding program is never loaded.
+    pub fn disable_unwind(&mut self) {
+        self.unwind_disabled = true;
     }
 
     pub fn unwind_stats(&self) -> Option<crate::unwind::TableStats> {

@@ -1,6 +1,6 @@
 //! Flamegraph capture for `/flamegraph.svg?pid=…&seconds=…`: one at a time, the server's task
 //! asks over a channel, the loop samples the process's CPU for the window (its phase kept
-//! current in the kernel meanwhile), then folds the samples and replies with the SVG.
+//! current in the kernel meanwhile, its unwind tables following dlopen), then folds the samples and replies with the SVG.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,12 @@ use crate::ingest::Ingest;
 struct Capture {
     pid: u32,
     deadline: Instant,
+    /// When the process's mappings were last looked at for new files (dlopen) to unwind.
+    maps_seen: Instant,
     reply: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
 }
+
+const MAPS_RESCAN: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub struct Flamegraphs {
@@ -44,14 +48,24 @@ impl Flamegraphs {
             return;
         }
         self.profiler_started = true;
-        self.capture = Some(Capture { pid, deadline: Instant::now() + Duration::from_secs_f64(seconds), reply });
+        let now = Instant::now();
+        self.capture = Some(Capture { pid, deadline: now + Duration::from_secs_f64(seconds), maps_seen: now, reply });
     }
 
     /// Each poll: the captured process's phase goes to the kernel; at the deadline, the reply.
     pub fn poll(&mut self, ingest: &mut Ingest) {
-        if let Some(c) = &self.capture {
-            let (pid, done) = (c.pid, Instant::now() >= c.deadline);
+        if let Some(c) = &mut self.capture {
+            let now = Instant::now();
+            let (pid, done) = (c.pid, now >= c.deadline);
             ingest.push_phase(pid);
+            // A library dlopen'ed during the window gets its unwind table within 200 ms, as in
+            // `attach` (one read of /proc/PID/maps when nothing changed).
+            if now >= c.maps_seen + MAPS_RESCAN {
+                c.maps_seen = now;
+                if let Err(e) = ingest.probes.refresh_unwind(pid) {
+                    log::debug!("unwind tables of pid {pid}: {e}");
+                }
+            }
             if done {
                 self.finish(ingest);
             }

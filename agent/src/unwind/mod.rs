@@ -34,6 +34,23 @@ pub enum UnwindError {
     Io(PathBuf, std::io::Error),
 }
 
+/// The row array's size in chunks: `INFERSCOPE_UNWIND_TABLE_KIB` (2 KiB to 1 GiB of kernel
+/// memory, allocated at load, in whole 2 KiB chunks of 256 rows) or the default 8 MiB (1M rows:
+/// llama-server's 13 files take 147k). A file that does not fit is counted (`table_full`) and
+/// walked by frame pointers.
+pub fn table_chunks() -> u32 {
+    let default = agent_common::limits::UNWIND_CHUNKS;
+    let Ok(v) = std::env::var("INFERSCOPE_UNWIND_TABLE_KIB") else { return default };
+    let chunk_kib = std::mem::size_of::<RowChunk>() as u32 / 1024;
+    match v.trim().parse::<u32>() {
+        Ok(kib @ 2..=1_048_576) => kib / chunk_kib,
+        _ => {
+            log::warn!("INFERSCOPE_UNWIND_TABLE_KIB={v:?} is not 2..=1048576; using 8 MiB");
+            default
+        }
+    }
+}
+
 /// A mapped file: (device, inode); the vDSO is (0, 0), 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileId {
@@ -53,6 +70,9 @@ struct LoadedFile {
 /// Table figures for the report (`cpu.unwind_tables`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
+    /// Kernel memory of the row array, allocated at load whether used or not
+    /// (`INFERSCOPE_UNWIND_TABLE_KIB`, default 8 MiB).
+    pub capacity_bytes: u64,
     /// Files with a table in the kernel now.
     pub files: u64,
     /// Rows in the kernel now.
@@ -99,7 +119,10 @@ impl Tables {
             capacity: capacity_chunks,
             procs: HashMap::new(),
             vdso: None,
-            stats: TableStats::default(),
+            stats: TableStats {
+                capacity_bytes: u64::from(capacity_chunks) * std::mem::size_of::<RowChunk>() as u64,
+                ..TableStats::default()
+            },
         }
     }
 
