@@ -46,6 +46,8 @@ pub struct AttachOptions {
     /// Keep request paths as they were sent (they may carry IDs, keys or e-mail addresses);
     /// by default every output shows the route template instead.
     pub raw_paths: bool,
+    /// Export GenAI metrics over OTLP/HTTP while the run lasts (`--otlp`).
+    pub otlp: Option<crate::export::otlp::OtlpOptions>,
 }
 
 impl Default for AttachOptions {
@@ -65,6 +67,7 @@ impl Default for AttachOptions {
             capture: crate::capture::CaptureChoice::Auto,
             raw_paths: false,
             follow_workers: true,
+            otlp: None,
         }
     }
 }
@@ -78,6 +81,8 @@ struct Collect {
     /// The model label is capped as in the daemon: later names are `other`, counted.
     models: ModelCap,
     models_folded: u64,
+    /// `--otlp`: each request is recorded as it finishes, under the target's attributes.
+    otlp: Option<(crate::export::otlp::Otlp, Vec<opentelemetry::KeyValue>)>,
 }
 
 impl Collect {
@@ -89,6 +94,7 @@ impl Collect {
             stages: StageCollector::default(),
             models: ModelCap::new(max_models),
             models_folded: 0,
+            otlp: None,
         }
     }
 }
@@ -99,6 +105,9 @@ impl Sink for Collect {
             let (label, folded) = self.models.label(f.record.model.as_deref());
             self.models_folded += u64::from(folded);
             f.record.model = Some(label);
+        }
+        if let Some((otlp, target)) = &mut self.otlp {
+            otlp.record(&f.record, target);
         }
         if self.kept.len() < self.max {
             self.kept.push(f.record);
@@ -175,8 +184,15 @@ impl Run {
         }
         // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
         let gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
+        let mut sink = Collect::new(opts.max_requests, opts.max_models);
+        if let Some(o) = &opts.otlp {
+            // The served process names the provider: its requests are what is measured.
+            let provider = opentelemetry::KeyValue::new("gen_ai.provider.name", target.comm.clone());
+            sink.otlp = Some((crate::export::otlp::Otlp::start(o)?, vec![provider]));
+            log::info!("otlp: GenAI metrics to {} every {:.0?}", o.metrics_url, o.interval);
+        }
         let mut run = Self {
-            sink: Collect::new(opts.max_requests, opts.max_models),
+            sink,
             opts,
             target,
             ingest,
@@ -423,7 +439,19 @@ impl Run {
         let (events, parse) = (ingest.tracker.events, ingest.tracker.parse_counters());
         drop(ingest); // detaches every program
 
-        let Collect { mut kept, not_kept, stages: collector, models_folded, .. } = sink;
+        let Collect { mut kept, not_kept, stages: collector, models_folded, otlp, .. } = sink;
+        if let Some((otlp, _)) = otlp {
+            let s = otlp.shutdown();
+            log::info!(
+                "otlp: {} request(s) recorded, {} not GenAI; exports: {} accepted ({} bytes), {} rejected, {} failed",
+                s.recorded,
+                s.not_genai,
+                s.exports_ok,
+                s.bytes_sent,
+                s.exports_rejected,
+                s.exports_failed
+            );
+        }
         kept.sort_by_key(|r| r.request_ns);
         if !opts.raw_paths {
             for r in &mut kept {
