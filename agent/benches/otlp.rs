@@ -4,6 +4,8 @@
 //! on the SDK's reader thread and is not measured here (the interval is set past the run).
 //! `cargo bench -p inferscope --bench otlp -- --warm-up-time 1 --measurement-time 5`
 
+#![allow(clippy::unwrap_used)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use inferscope::daemon::metrics::{Metrics, TargetLabels};
 use inferscope::export::otlp::{Otlp, OtlpOptions};

@@ -7,6 +7,8 @@
 //! requests; nothing of a body, prompt or path in the payload; an endpoint that is down costs
 //! one log line and counters; a bad endpoint fails before any work.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{Read as _, Write as _};

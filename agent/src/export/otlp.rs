@@ -172,7 +172,7 @@ impl Otlp {
             tokens: meter
                 .u64_histogram(genai::TOKEN_USAGE)
                 .with_unit("{token}")
-                .with_description("Number of input and output tokens used (output only: as the stream states it).")
+                .with_description("Number of input and output tokens used.")
                 .with_boundaries(genai::TOKEN_USAGE_BUCKETS.to_vec())
                 .build(),
             provider,
