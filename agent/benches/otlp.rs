@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("otlp record", |b| {
         b.iter(|| {
             for r in &recs {
-                otlp.record(r, &target);
+                otlp.record(r, r.model.as_deref(), &target);
             }
         })
     });

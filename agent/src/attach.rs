@@ -107,7 +107,7 @@ impl Sink for Collect {
             f.record.model = Some(label);
         }
         if let Some((otlp, target)) = &mut self.otlp {
-            otlp.record(&f.record, target);
+            otlp.record(&f.record, f.record.model.as_deref(), target);
         }
         if self.kept.len() < self.max {
             self.kept.push(f.record);

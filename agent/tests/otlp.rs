@@ -319,7 +319,8 @@ fn a_bad_endpoint_fails_before_any_work() {
 }
 
 /// The agent (`[otlp]` in its config): a followed server's requests arrive under its service
-/// as the provider, and the export's own counters are on /metrics.
+/// as the provider, the model attribute capped as the Prometheus label is, and the export's own
+/// counters are on /metrics.
 #[test]
 fn the_daemon_exports_what_it_follows() {
     let _serial = require_root();
@@ -327,33 +328,40 @@ fn the_daemon_exports_what_it_follows() {
     let out = dir.join("otlp.jsonl");
     let (_rx, rx_port) = receiver(&out, &[]);
     let cfg = format!(
-        "[otlp]\nendpoint = \"http://127.0.0.1:{rx_port}\"\ninterval_seconds = 1\n[[rule]]\nname = \"py-sse\"\ncomm = [\"python3\"]\ncmdline = [\"*sse_server.py*\"]\n"
+        "max_models_per_target = 1\n[otlp]\nendpoint = \"http://127.0.0.1:{rx_port}\"\ninterval_seconds = 1\n[[rule]]\nname = \"py-sse\"\ncomm = [\"python3\"]\ncmdline = [\"*sse_server.py*\"]\n"
     );
     let mut d = Daemon::start(&dir, &cfg, &[]);
     d.wait_ready();
     let (_py, port) = python_server(&dir, 1);
     d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) == 1.0);
-    for _ in 0..4 {
-        assert_eq!(post(port, "/v1/chat/completions?tokens=3&interval_ms=2&prefill_ms=2", "llama-3.1-8b"), 200);
+    for model in ["llama-3.1-8b", "llama-3.1-8b", "llama-3.1-8b", "llama-3.1-8b", "second-model"] {
+        assert_eq!(post(port, "/v1/chat/completions?tokens=3&interval_ms=2&prefill_ms=2", model), 200);
     }
-    d.wait_for("4 requests", |m| metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 4.0);
-    let m = d.wait_for_within("an accepted export of all four", Duration::from_secs(10), |m| {
-        metric(m, "inferscope_otlp_requests_total", &[("outcome", "recorded")]) == 4.0
+    d.wait_for("5 requests", |m| metric(m, "inferscope_requests_total", &[("service", "py-sse")]) == 5.0);
+    let m = d.wait_for_within("an accepted export of all five", Duration::from_secs(10), |m| {
+        metric(m, "inferscope_otlp_requests_total", &[("outcome", "recorded")]) == 5.0
             && metric(m, "inferscope_otlp_exports_total", &[("result", "ok")]) >= 1.0
             && received(&out).iter().any(|e| {
                 metrics_of(e).iter().any(|x| {
                     x["name"] == "gen_ai.server.time_to_first_token"
-                        && x["histogram"]["data_points"].as_array().unwrap().iter().map(count).sum::<u64>() == 4
+                        && x["histogram"]["data_points"].as_array().unwrap().iter().map(count).sum::<u64>() == 5
                 })
             })
     });
     assert_eq!(metric(&m, "inferscope_otlp_exports_total", &[("result", "failed")]), 0.0);
     let last = received(&out).into_iter().last().unwrap();
     let ttft = metrics_of(&last).into_iter().find(|x| x["name"] == "gen_ai.server.time_to_first_token").unwrap();
-    let a = attrs(&ttft["histogram"]["data_points"][0]);
-    assert_eq!(attr(&a, "gen_ai.provider.name"), Some("py-sse"), "the rule's service: {a:?}");
-    assert_eq!(attr(&a, "gen_ai.request.model"), Some("llama-3.1-8b"));
-    assert!(a.iter().all(|(_, v)| !v.is_empty()), "no empty attribute: {a:?}");
+    let mut by_model = Vec::new();
+    for p in ttft["histogram"]["data_points"].as_array().unwrap() {
+        let a = attrs(p);
+        assert_eq!(attr(&a, "gen_ai.provider.name"), Some("py-sse"), "the rule's service: {a:?}");
+        assert!(a.iter().all(|(_, v)| !v.is_empty()), "no empty attribute: {a:?}");
+        by_model.push((attr(&a, "gen_ai.request.model").unwrap().to_string(), count(p)));
+    }
+    by_model.sort();
+    let want = [("llama-3.1-8b".to_string(), 4), ("other".to_string(), 1)];
+    assert_eq!(by_model, want, "max_models_per_target = 1: the second model is `other`");
+    assert!(!contains(&hex_decode(last["raw_hex"].as_str().unwrap()), b"second-model"), "a folded name is never exported");
     assert!(d.stop().success());
 }
 

@@ -229,7 +229,8 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log::warn!("process_* metrics: {e}");
     }
     if let Some(o) = &daemon.cfg.otlp {
-        daemon.targets.otlp = Some(otlp::OtlpExport::start(o, &daemon.metrics.registry)?);
+        daemon.targets.otlp =
+            Some(otlp::OtlpExport::start(o, daemon.cfg.max_models_per_target, &daemon.metrics.registry)?);
     }
     let shared = Arc::new(Shared {
         registry: daemon.metrics.registry.clone(),

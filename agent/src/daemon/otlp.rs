@@ -3,12 +3,15 @@
 //! its counters mirrored into Prometheus once a second (`inferscope_otlp_*`), so an endpoint
 //! that is down shows on `/metrics` and costs nothing else.
 
+use std::collections::HashMap;
+
 use opentelemetry::KeyValue;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use super::config::OtlpConfig;
 use super::metrics::TargetLabels;
 use crate::export::otlp::{Otlp, OtlpStats};
+use crate::http::model::ModelCap;
 use crate::http::RequestRecord;
 
 pub struct OtlpExport {
@@ -17,11 +20,16 @@ pub struct OtlpExport {
     exports: IntCounterVec,
     bytes: IntCounter,
     last: OtlpStats,
+    /// The model attribute is capped per target label set as the Prometheus `model` label is
+    /// (`max_models_per_target`; the folds are the ones `inferscope_models_folded_total`
+    /// counts); an entry lives while a followed process has the label set.
+    models: HashMap<TargetLabels, ModelCap>,
+    max_models: usize,
 }
 
 impl OtlpExport {
     /// Starts the exporter (its endpoint was checked when the config was read).
-    pub fn start(cfg: &OtlpConfig, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn start(cfg: &OtlpConfig, max_models: usize, registry: &Registry) -> anyhow::Result<Self> {
         let opts = cfg.options()?;
         let requests = IntCounterVec::new(
             Opts::new("inferscope_otlp_requests_total", "Finished requests seen by the OTLP export, by outcome"),
@@ -37,11 +45,20 @@ impl OtlpExport {
         registry.register(Box::new(bytes.clone()))?;
         let otlp = Otlp::start(&opts)?;
         log::info!("otlp: GenAI metrics to {} every {:.0?}", opts.metrics_url, opts.interval);
-        Ok(Self { otlp, requests, exports, bytes, last: OtlpStats::default() })
+        Ok(Self { otlp, requests, exports, bytes, last: OtlpStats::default(), models: HashMap::new(), max_models })
     }
 
     pub fn record(&mut self, labels: &TargetLabels, rec: &RequestRecord) {
-        self.otlp.record(rec, &attributes(labels));
+        let model = rec.model.as_deref().map(|m| {
+            let max = self.max_models;
+            self.models.entry(labels.clone()).or_insert_with(|| ModelCap::new(max)).label(Some(m)).0
+        });
+        self.otlp.record(rec, model.as_deref(), &attributes(labels));
+    }
+
+    /// No followed process has `labels` any more: its model cap goes with it.
+    pub fn target_gone(&mut self, labels: &TargetLabels) {
+        self.models.remove(labels);
     }
 
     /// Counter deltas since the last call.

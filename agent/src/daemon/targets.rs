@@ -153,6 +153,9 @@ impl Targets {
         let uprobes = t.stages.as_ref().map_or(0, |s| pool.release(s));
         if !self.by_pid.values().any(|o| o.labels == t.labels) {
             metrics.target_gone(&t.labels, Instant::now());
+            if let Some(o) = &mut self.otlp {
+                o.target_gone(&t.labels);
+            }
         }
         metrics.detaches.inc();
         log::info!(
@@ -173,6 +176,9 @@ impl Targets {
             // The old label set's series stay until the grace period ends, like those of a process gone.
             if !self.by_pid.values().any(|o| o.labels == old) {
                 metrics.target_gone(&old, Instant::now());
+                if let Some(o) = &mut self.otlp {
+                    o.target_gone(&old);
+                }
             }
             metrics.target_alive(&labels);
             log::info!(

@@ -182,9 +182,10 @@ impl Otlp {
         })
     }
 
-    /// Records one finished request. `target`: the attributes of the process that served it
-    /// (`gen_ai.provider.name`, and where known `k8s.*`).
-    pub fn record(&mut self, rec: &RequestRecord, target: &[KeyValue]) {
+    /// Records one finished request. `model`: its model label, already capped per target by
+    /// the caller (`None`: not known, the attribute is left off). `target`: the attributes of
+    /// the process that served it (`gen_ai.provider.name`, and where known `k8s.*`).
+    pub fn record(&mut self, rec: &RequestRecord, model: Option<&str>, target: &[KeyValue]) {
         let m = match genai::measure(rec) {
             Ok(m) => m,
             Err(Skipped::NotGenAi) => {
@@ -196,8 +197,8 @@ impl Otlp {
         let mut attrs = Vec::with_capacity(target.len() + 4);
         attrs.extend_from_slice(target);
         attrs.push(KeyValue::new("gen_ai.operation.name", m.operation));
-        if let Some(model) = &rec.model {
-            attrs.push(KeyValue::new("gen_ai.request.model", model.clone()));
+        if let Some(model) = model {
+            attrs.push(KeyValue::new("gen_ai.request.model", model.to_string()));
         }
         if let Some(e) = m.error {
             attrs.push(KeyValue::new("error.type", e));
