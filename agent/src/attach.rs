@@ -48,6 +48,8 @@ pub struct AttachOptions {
     pub raw_paths: bool,
     /// Walk user stacks by frame pointers only (no `.eh_frame` tables).
     pub frame_pointers_only: bool,
+    /// Export GenAI metrics over OTLP/HTTP while the run lasts (`--otlp`).
+    pub otlp: Option<crate::export::otlp::OtlpOptions>,
 }
 
 impl Default for AttachOptions {
@@ -68,6 +70,7 @@ impl Default for AttachOptions {
             raw_paths: false,
             follow_workers: true,
             frame_pointers_only: false,
+            otlp: None,
         }
     }
 }
@@ -81,6 +84,8 @@ struct Collect {
     /// The model label is capped as in the daemon: later names are `other`, counted.
     models: ModelCap,
     models_folded: u64,
+    /// `--otlp`: each request is recorded as it finishes, under the target's attributes.
+    otlp: Option<(crate::export::otlp::Otlp, Vec<opentelemetry::KeyValue>)>,
 }
 
 impl Collect {
@@ -92,6 +97,7 @@ impl Collect {
             stages: StageCollector::default(),
             models: ModelCap::new(max_models),
             models_folded: 0,
+            otlp: None,
         }
     }
 }
@@ -102,6 +108,9 @@ impl Sink for Collect {
             let (label, folded) = self.models.label(f.record.model.as_deref());
             self.models_folded += u64::from(folded);
             f.record.model = Some(label);
+        }
+        if let Some((otlp, target)) = &mut self.otlp {
+            otlp.record(&f.record, f.record.model.as_deref(), target);
         }
         if self.kept.len() < self.max {
             self.kept.push(f.record);
@@ -181,8 +190,15 @@ impl Run {
         }
         // Off (with its one-line reason, logged once) when there is no NVML, driver or GPU.
         let gpu = opts.gpu.clone().map(crate::gpu::GpuTelemetry::start);
+        let mut sink = Collect::new(opts.max_requests, opts.max_models);
+        if let Some(o) = &opts.otlp {
+            // The served process names the provider: its requests are what is measured.
+            let provider = opentelemetry::KeyValue::new("gen_ai.provider.name", target.comm.clone());
+            sink.otlp = Some((crate::export::otlp::Otlp::start(o)?, vec![provider]));
+            log::info!("otlp: GenAI metrics to {} every {:.0?}", o.metrics_url, o.interval);
+        }
         let mut run = Self {
-            sink: Collect::new(opts.max_requests, opts.max_models),
+            sink,
             opts,
             target,
             ingest,
@@ -429,7 +445,19 @@ impl Run {
         let (events, parse) = (ingest.tracker.events, ingest.tracker.parse_counters());
         drop(ingest); // detaches every program
 
-        let Collect { mut kept, not_kept, stages: collector, models_folded, .. } = sink;
+        let Collect { mut kept, not_kept, stages: collector, models_folded, otlp, .. } = sink;
+        if let Some((otlp, _)) = otlp {
+            let s = otlp.shutdown();
+            log::info!(
+                "otlp: {} request(s) recorded, {} not GenAI; exports: {} accepted ({} bytes), {} rejected, {} failed",
+                s.recorded,
+                s.not_genai,
+                s.exports_ok,
+                s.bytes_sent,
+                s.exports_rejected,
+                s.exports_failed
+            );
+        }
         kept.sort_by_key(|r| r.request_ns);
         if !opts.raw_paths {
             for r in &mut kept {

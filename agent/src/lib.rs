@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod capture;
 pub mod daemon;
 pub mod event;
+pub mod export;
 pub mod gpu;
 pub mod http;
 pub mod ingest;

@@ -105,6 +105,14 @@ enum Command {
         /// (`/v1/threads/{id}/runs`) unless this is given.
         #[arg(long)]
         raw_paths: bool,
+        /// Export GenAI metrics (OpenTelemetry semantic conventions: time to first token, time
+        /// per output token, request duration, token usage) over OTLP/HTTP protobuf to this
+        /// endpoint while the run lasts, e.g. http://127.0.0.1:4318 (`/v1/metrics` is appended).
+        #[arg(long, value_name = "ENDPOINT")]
+        otlp: Option<String>,
+        /// Seconds between OTLP exports (the last one is sent when the run ends).
+        #[arg(long, value_name = "SECS", default_value_t = inferscope::export::otlp::DEFAULT_INTERVAL_S)]
+        otlp_interval: f64,
         /// Follow only --pid, not the workers of a pre-fork server (processes below it that
         /// serve its listening sockets; followed by default, as they come and go).
         #[arg(long)]
@@ -163,6 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             raw_paths,
             no_workers,
             frame_pointers_only,
+            otlp,
+            otlp_interval,
         } => {
             anyhow::ensure!(
                 !off_cpu || flamegraph.is_some() || folded.is_some() || pprof.is_some(),
@@ -182,6 +192,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     check_writable(flag, p)?;
                 }
             }
+            let otlp = otlp
+                .map(|e| {
+                    inferscope::export::otlp::OtlpOptions::new(
+                        &e,
+                        otlp_interval,
+                        inferscope::export::otlp::DEFAULT_TIMEOUT_S,
+                    )
+                })
+                .transpose()?;
             inferscope::procfs::check_attachable(pid)?;
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
@@ -205,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 raw_paths,
                 follow_workers: !no_workers,
                 frame_pointers_only,
+                otlp,
                 ..AttachOptions::default()
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -18,6 +18,7 @@ mod dist;
 mod grpc;
 mod llama;
 mod measure;
+mod otlp;
 mod pyspy;
 
 #[derive(Parser)]
@@ -86,6 +87,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_LLAMA_MODEL", &l.model);
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
             std::env::set_var("INFERSCOPE_GRPC_PYTHON", grpc::ensure_python()?);
+            std::env::set_var("INFERSCOPE_OTLP_PYTHON", otlp::ensure_python()?);
             std::env::set_var("INFERSCOPE_PYSPY", pyspy::ensure()?);
             let tests = test(&args);
             // The packages too, after the tests so a packaging fault hides no test result.

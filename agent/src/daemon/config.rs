@@ -48,6 +48,34 @@ pub struct Config {
     /// A file holding the bearer token `/metrics` and `/flamegraph.svg` then require
     /// (`Authorization: Bearer TOKEN`); read once at start, never logged. None: open.
     pub metrics_bearer_token_file: Option<PathBuf>,
+    /// `[otlp]`: also export GenAI metrics over OTLP/HTTP. None: off.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `[otlp]`: where and how often to send the GenAI metrics (OpenTelemetry semantic conventions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// `http://HOST:PORT` of an OTLP/HTTP receiver (`/v1/metrics` is appended).
+    pub endpoint: String,
+    #[serde(default = "default_otlp_interval")]
+    pub interval_seconds: f64,
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_otlp_interval() -> f64 {
+    crate::export::otlp::DEFAULT_INTERVAL_S
+}
+
+fn default_otlp_timeout() -> f64 {
+    crate::export::otlp::DEFAULT_TIMEOUT_S
+}
+
+impl OtlpConfig {
+    pub fn options(&self) -> Result<crate::export::otlp::OtlpOptions, crate::export::otlp::OtlpError> {
+        crate::export::otlp::OtlpOptions::new(&self.endpoint, self.interval_seconds, self.timeout_seconds)
+    }
 }
 
 impl Default for Config {
@@ -71,6 +99,7 @@ impl Default for Config {
             kubernetes_max_pods: 1024,
             rules: Vec::new(),
             metrics_bearer_token_file: None,
+            otlp: None,
         }
     }
 }
@@ -178,6 +207,9 @@ impl Config {
                     .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
             }
         }
+        if let Some(o) = &cfg.otlp {
+            o.options().map_err(|e| invalid(format!("[otlp]: {e}")))?;
+        }
         if !(cfg.reconcile_seconds > 0.0)
             || !(cfg.stream_idle_timeout_seconds > 0.0)
             || cfg.max_series == 0
@@ -257,6 +289,19 @@ pod_labels = { app = "tgi" }
         let sglang = name("python3", "python3 -m sglang.launch_server --model-path m --port 30000");
         assert_eq!(sglang.as_deref(), Some("sglang"));
         assert_eq!(name("python3", "python3 app.py"), None, "any other Python process is left alone");
+    }
+
+    #[test]
+    fn otlp_section_is_checked_when_read() {
+        let rule = "[[rule]]\nname = \"x\"\ncomm=[\"a\"]\n";
+        let c = Config::parse(Path::new("c.toml"), &format!("[otlp]\nendpoint = \"http://127.0.0.1:4318\"\n{rule}"));
+        let o = c.unwrap().otlp.unwrap().options().unwrap();
+        assert_eq!(o.metrics_url, "http://127.0.0.1:4318/v1/metrics");
+        assert_eq!(o.interval, std::time::Duration::from_secs(10));
+        let e = Config::parse(Path::new("c.toml"), &format!("[otlp]\nendpoint = \"https://x\"\n{rule}"));
+        assert!(e.unwrap_err().to_string().contains("[otlp]: OTLP endpoint `https://x`: https is not supported"));
+        let e = Config::parse(Path::new("c.toml"), &format!("[otlp]\nendpoint = \"http://x\"\nbogus = 1\n{rule}"));
+        assert!(e.unwrap_err().to_string().contains("bogus"));
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod health;
 pub mod kube;
 mod labels;
 pub mod metrics;
+mod otlp;
 mod process;
 pub mod server;
 mod targets;
@@ -172,6 +173,9 @@ impl Daemon {
         self.health.update(&self.ingest, &self.targets, self.labels.pods(), &mut self.metrics);
         self.health.update_gpu(&self.targets, &mut self.metrics);
         self.metrics.sweep(now, Duration::from_secs_f64(self.cfg.series_grace_seconds));
+        if let Some(o) = &mut self.targets.otlp {
+            o.every_second();
+        }
     }
 
     /// Pre-fork servers: the processes below a followed one that serve its listening sockets
@@ -223,6 +227,10 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     process::register_build_info(&daemon.metrics.registry, daemon.ingest.probes.mode.name());
     if let Err(e) = daemon.metrics.registry.register(Box::new(process::ProcessCollector::new())) {
         log::warn!("process_* metrics: {e}");
+    }
+    if let Some(o) = &daemon.cfg.otlp {
+        daemon.targets.otlp =
+            Some(otlp::OtlpExport::start(o, daemon.cfg.max_models_per_target, &daemon.metrics.registry)?);
     }
     let shared = Arc::new(Shared {
         registry: daemon.metrics.registry.clone(),
@@ -284,6 +292,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
         daemon.detach(pid, "agent stopping");
     }
     daemon.uprobes.expire(Instant::now(), Duration::ZERO, &mut daemon.ingest.probes);
+    if let Some(o) = daemon.targets.otlp.take() {
+        o.shutdown();
+    }
     log::info!("inferscope agent stopped");
     Ok(())
 }

@@ -35,11 +35,13 @@ pub struct Targets {
     max: usize,
     /// libssl probes of the followed processes (one set per process).
     tls: crate::tls::TlsFollow,
+    /// `[otlp]`: finished requests are exported there too.
+    pub otlp: Option<super::otlp::OtlpExport>,
 }
 
 impl Targets {
     pub fn new(max: usize) -> Self {
-        Self { by_pid: HashMap::new(), max, tls: crate::tls::TlsFollow::shared() }
+        Self { by_pid: HashMap::new(), max, tls: crate::tls::TlsFollow::shared(), otlp: None }
     }
 
     pub fn contains(&self, pid: u32) -> bool {
@@ -80,8 +82,8 @@ impl Targets {
     }
 
     /// The sink that counts the core's outputs under the targets' labels.
-    pub fn sink<'a>(&'a self, metrics: &'a mut Metrics, stage_names: &'a [String]) -> MetricsSink<'a> {
-        MetricsSink { targets: &self.by_pid, metrics, stage_names }
+    pub fn sink<'a>(&'a mut self, metrics: &'a mut Metrics, stage_names: &'a [String]) -> MetricsSink<'a> {
+        MetricsSink { targets: &self.by_pid, metrics, stage_names, otlp: self.otlp.as_mut() }
     }
 
     /// Follows the process `m` names, by its rule `rule`.
@@ -151,6 +153,9 @@ impl Targets {
         let uprobes = t.stages.as_ref().map_or(0, |s| pool.release(s));
         if !self.by_pid.values().any(|o| o.labels == t.labels) {
             metrics.target_gone(&t.labels, Instant::now());
+            if let Some(o) = &mut self.otlp {
+                o.target_gone(&t.labels);
+            }
         }
         metrics.detaches.inc();
         log::info!(
@@ -171,6 +176,9 @@ impl Targets {
             // The old label set's series stay until the grace period ends, like those of a process gone.
             if !self.by_pid.values().any(|o| o.labels == old) {
                 metrics.target_gone(&old, Instant::now());
+                if let Some(o) = &mut self.otlp {
+                    o.target_gone(&old);
+                }
             }
             metrics.target_alive(&labels);
             log::info!(
@@ -207,12 +215,16 @@ pub struct MetricsSink<'a> {
     targets: &'a HashMap<u32, Target>,
     metrics: &'a mut Metrics,
     stage_names: &'a [String],
+    otlp: Option<&'a mut super::otlp::OtlpExport>,
 }
 
 impl Sink for MetricsSink<'_> {
     fn request(&mut self, f: Finished) {
         if let Some(t) = self.targets.get(&f.tgid) {
             self.metrics.observe_request(&t.labels, &f.record);
+            if let Some(o) = &mut self.otlp {
+                o.record(&t.labels, &f.record);
+            }
         }
     }
 
