@@ -25,6 +25,7 @@ pub mod kube;
 mod labels;
 pub mod metrics;
 mod process;
+mod protocols;
 pub mod server;
 mod targets;
 mod uprobes;
