@@ -385,3 +385,57 @@ fn grpc_js_over_tls_server_streaming_matches_ground_truth() {
 fn grpcio_over_tls_is_counted_as_not_decoded() {
     check_grpc(Grpc::PythonTls);
 }
+
+/// Daemon mode: the same grpc-js server over TLS, found by a rule, its calls on `/metrics` with
+/// their grpc-status as `grpc_code`, and the HTTP/2 and TLS counts as their own series.
+#[test]
+fn daemon_exports_grpc_codes_and_http2_tls_counts() {
+    use common::daemon::{metric, Daemon, Proc};
+    let _serial = require_root();
+    let python = grpc_python();
+    let modules = std::env::var_os("INFERSCOPE_GRPC_JS")
+        .expect("INFERSCOPE_GRPC_JS unset: run `cargo xtask test`, which installs @grpc/grpc-js from npm");
+    let dir = scratch_dir("daemon-grpc-tls");
+    let root = workspace_root();
+    let (cert, key) = make_cert(&dir);
+    let config = "reconcile_seconds = 1\n[[rule]]\nname = \"grpc-js\"\ncomm = [\"node\"]\ncmdline = [\"*grpc_stream.js*\"]\n";
+    let mut d = Daemon::start(&dir, config, &[]);
+    d.wait_ready();
+    let (server, port) = Proc::start(
+        Command::new("node")
+            .arg(root.join("tests/servers/grpc_stream.js"))
+            .args(["--port", "0", "--truth"])
+            .arg(dir.join("truth.jsonl"))
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("NODE_PATH", modules),
+    );
+    d.wait_for("server followed", |m| metric(m, "inferscope_targets", &[]) >= 1.0);
+    // The TLS probes are attached by the daemon's scan of the new target: give it its second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let script = root.join("tests/servers/grpc_stream.py");
+    let (script, port_s) = (script.to_str().unwrap(), port.to_string());
+    let mut a = vec![script, "client", "--port", &port_s, "--streams", "6", "--prefix", "d"];
+    a.extend(["--query", "tokens=4&interval_ms=5", "--fail-first", "--ca", cert.to_str().unwrap()]);
+    let sent = client(&python, &a);
+    assert_eq!(sent.len(), 6);
+    let by_code = |m: &str, code: &str| metric(m, "inferscope_requests_total", &[("grpc_code", code)]);
+    // Requests are observed as they finish; the HTTP/2 and TLS counts each second after.
+    let streams = |m: &str| metric(m, "inferscope_http2_streams_total", &[("result", "followed")]);
+    let m = d.wait_for("6 calls by grpc-status, 6 streams counted", |m| {
+        by_code(m, "OK") == 5.0 && by_code(m, "RESOURCE_EXHAUSTED") == 1.0 && streams(m) >= 6.0
+    });
+    let series = |name: &str, labels: &[(&str, &str)]| metric(&m, name, labels);
+    assert_eq!(series("inferscope_requests_total", &[("status", "2xx")]), 6.0, "a gRPC call's HTTP status is 200");
+    assert_eq!(series("inferscope_http2_connections_total", &[("start", "preface")]), 1.0);
+    assert_eq!(series("inferscope_http2_streams_total", &[("result", "followed")]), 6.0);
+    assert_eq!(series("inferscope_http2_streams_total", &[("result", "undecodable_headers")]), 0.0);
+    assert_eq!(series("inferscope_tls_connections_total", &[("result", "decoded")]), 1.0);
+    assert!(series("inferscope_tls_calls_total", &[("result", "plaintext")]) > 0.0);
+    assert_eq!(series("inferscope_tls_calls_total", &[("result", "unmapped")]), 0.0, "no plaintext lost");
+    assert!(series("inferscope_tls_ciphertext_dropped_total", &[("where", "kernel")]) > 0.0);
+    drop(server);
+    d.stop();
+}
