@@ -414,4 +414,5 @@ mod user {
     unsafe impl aya::Pod for super::tls::TlsCall {}
     unsafe impl aya::Pod for super::tls::TlsSock {}
     unsafe impl aya::Pod for super::tls::SslKey {}
+    unsafe impl aya::Pod for super::tls::TlsPending {}
 }

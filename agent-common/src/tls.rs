@@ -39,6 +39,7 @@ pub mod maps {
     pub const LAST_SOCK: &str = "LAST_SOCK";
     pub const TLS_COUNTERS: &str = "TLS_COUNTERS";
     pub const TLS_STATE: &str = "TLS_STATE";
+    pub const TLS_PENDING: &str = "TLS_PENDING";
 }
 
 /// Capacities. Every map is bounded; `TLS_CALLS` counts refused inserts, the LRU maps evict.
@@ -51,7 +52,14 @@ pub mod limits {
     pub const TLS_SOCKS: u32 = 65536;
     /// Per thread: the followed socket it last read or wrote (LRU).
     pub const LAST_SOCK: u32 = 16384;
+    /// Per thread: an `SSL_write` whose connection was not known yet, waiting for the thread's
+    /// next socket write (refused inserts counted in `PENDING_FULL`).
+    pub const TLS_PENDING: u32 = 4096;
 }
+
+/// How long after an unmapped `SSL_write` returned the same thread's socket write may come and
+/// still be its ciphertext (Node writes it out right after the call returns: microseconds).
+pub const PENDING_WINDOW_NS: u64 = 1_000_000;
 
 /// Indices of the per-CPU `TLS_COUNTERS` array.
 pub mod counter {
@@ -63,6 +71,13 @@ pub mod counter {
     pub const UNMAPPED: u32 = 2;
     /// SSL calls not followed because `TLS_CALLS` was full.
     pub const CALLS_FULL: u32 = 3;
+    /// Unmapped `SSL_write`s kept waiting for the thread's next socket write (memory BIO).
+    pub const DEFERRED: u32 = 4;
+    /// Of those, linked to the socket the thread wrote next and sent (the rest are lost:
+    /// userspace reports `DEFERRED - LINKED` as unmapped).
+    pub const LINKED: u32 = 5;
+    /// Unmapped `SSL_write`s not kept because `TLS_PENDING` was full (counted unmapped too).
+    pub const PENDING_FULL: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -83,6 +98,23 @@ pub struct TlsCall {
     /// A [`call`] constant.
     pub kind: u32,
     pub _pad: u32,
+}
+
+/// An `SSL_write` whose connection was not known when it returned (`TLS_PENDING`, keyed by
+/// pid_tgid): Node's memory BIO encrypts in the call and writes the ciphertext to the socket
+/// right after, so the thread's next socket write tells the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsPending {
+    /// `SSL_write`'s entry (the plaintext hand-over, the record's stamp).
+    pub ts_ns: u64,
+    /// Its return: the socket write must follow within [`PENDING_WINDOW_NS`].
+    pub exit_ns: u64,
+    pub ssl: u64,
+    /// The caller's plaintext buffer (still the caller's: the ciphertext write follows in the
+    /// same synchronous call chain) and the bytes written.
+    pub buf: u64,
+    pub len: u64,
 }
 
 /// A followed socket as the TLS side remembers it (`LAST_SOCK`, `SSL_CONNS`).

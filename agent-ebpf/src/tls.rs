@@ -13,10 +13,16 @@
 //!   hands the ciphertext to `SSL_read` on the same thread). The plaintext goes out as a
 //!   `Read`/`Write` record of that connection flagged `TLS_PLAINTEXT`, stamped at the hand-over:
 //!   a write at `SSL_write`'s entry, a read at `SSL_read`'s return.
+//! - A write whose connection is still unknown (Node's opening SETTINGS: its memory BIO does no
+//!   socket I/O inside the call, and no plaintext read has mapped the `SSL *` yet) is kept in
+//!   `TLS_PENDING` for its thread; the thread's next socket write within
+//!   `PENDING_WINDOW_NS` is its ciphertext: that socket is the connection. The `SSL *` is
+//!   mapped, the plaintext (read from the caller's buffer, still live in that call chain) sent,
+//!   the ciphertext dropped.
 
 use agent_common::{
     event_flag,
-    tls::{call, counter, limits, SslKey, TlsCall, TlsSock, STATE_ENABLED},
+    tls::{call, counter, limits, SslKey, TlsCall, TlsPending, TlsSock, PENDING_WINDOW_NS, STATE_ENABLED},
     ConnInfo, EventHeader, EventKind, MAX_CAPTURE,
 };
 use aya_ebpf::{
@@ -43,6 +49,8 @@ static LAST_SOCK: LruHashMap<u64, TlsSock> = LruHashMap::with_max_entries(limits
 static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static TLS_STATE: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static TLS_PENDING: HashMap<u64, TlsPending> = HashMap::with_max_entries(limits::TLS_PENDING, 0);
 
 #[inline(always)]
 fn bump(idx: u32) {
@@ -78,7 +86,43 @@ pub fn ciphertext(sk: u64, conn: &ConnInfo, pid_tgid: u64, ts_ns: u64, is_read: 
         bump(counter::CIPHERTEXT_DROPPED);
         return true;
     }
+    if !is_read {
+        if let Some(p) = TLS_PENDING.get_ptr(&pid_tgid) {
+            // SAFETY: map value pointer, copied.
+            let pending = unsafe { *p };
+            let _ = TLS_PENDING.remove(&pid_tgid);
+            if ts_ns >= pending.exit_ns && ts_ns - pending.exit_ns <= PENDING_WINDOW_NS {
+                return link_pending(sk, conn, pid_tgid, &pending);
+            }
+        }
+    }
     false
+}
+
+/// The thread's socket write right after an unmapped `SSL_write`: its ciphertext. Maps the
+/// `SSL *` to this socket, sends the call's plaintext, drops the ciphertext.
+#[inline(always)]
+fn link_pending(sk: u64, conn: &ConnInfo, pid_tgid: u64, p: &TlsPending) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    let sock = TlsSock { sk, id: conn.id, ts_ns: p.exit_ns, tgid, _pad: 0 };
+    let _ = SSL_CONNS.insert(&SslKey { ssl: p.ssl, tgid: tgid as u64 }, &sock, 0);
+    let _ = TLS_SOCKS.insert(&sk, &conn.id, 0);
+    bump(counter::LINKED);
+    bump(counter::PLAINTEXT);
+    let header = EventHeader {
+        ts_ns: p.ts_ns,
+        len: p.len,
+        conn: conn.id,
+        tgid,
+        tid: pid_tgid as u32,
+        kind: EventKind::Write as u16,
+        captured: 0,
+        flags: event_flag::TLS_PLAINTEXT,
+    };
+    // One size class: this happens once per connection at most.
+    emit_flat::<MAX_CAPTURE>(header, p.buf, p.len);
+    bump(counter::CIPHERTEXT_DROPPED);
+    true
 }
 
 /// The socket closed for good: a later socket at the same address is a new connection.
@@ -177,7 +221,17 @@ pub fn ssl_exit(ctx: RetProbeContext) -> u32 {
         }
     }
     if !found {
-        bump(counter::UNMAPPED);
+        if is_read {
+            bump(counter::UNMAPPED);
+        } else {
+            let p = TlsPending { ts_ns: c.ts_ns, exit_ns: now_ns(), ssl: c.ssl, buf: c.buf, len: moved };
+            if TLS_PENDING.insert(&pid_tgid, &p, 0).is_ok() {
+                bump(counter::DEFERRED);
+            } else {
+                bump(counter::PENDING_FULL);
+                bump(counter::UNMAPPED);
+            }
+        }
         return 0;
     }
     bump(counter::PLAINTEXT);

@@ -4,6 +4,13 @@
     python grpc_stream.py server --port 0 --truth /tmp/truth-grpc.jsonl
     python grpc_stream.py client --port P --streams 6 --query "tokens=5&interval_ms=4" --prefix g \
         [--prefill-ms 10 --stagger-ms 15] [--fail-first]
+    python grpc_stream.py server --port 0 --truth T.jsonl --tls-cert c.pem --tls-key k.pem
+    python grpc_stream.py client --port P --ca c.pem ...
+
+With --tls-cert/--tls-key the server takes TLS credentials (grpcio's own BoringSSL, linked into
+its extension without exported symbols: the agent sees these connections encrypted and cannot
+decode them); with --ca the client connects over TLS trusting that certificate (also for
+grpc_stream.js, the same service on @grpc/grpc-js over Node's OpenSSL).
 
 The server serves `/inference.GRPCInferenceService/ModelStreamInfer` (the KServe v2 / Triton
 method name) through a generic handler with raw-bytes (de)serializers, so no .proto is
@@ -104,7 +111,12 @@ def serve(args):
         {NAME: grpc.unary_stream_rpc_method_handler(stream_infer(truth), request_deserializer=identity, response_serializer=identity)},
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
+    if args.tls_cert:
+        with open(args.tls_key, "rb") as k, open(args.tls_cert, "rb") as c:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        port = server.add_secure_port(f"127.0.0.1:{args.port}", creds)
+    else:
+        port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"LISTENING {port}", flush=True)
     import signal
@@ -117,7 +129,11 @@ def serve(args):
 
 
 def client(args):
-    channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
+    if args.ca:
+        with open(args.ca, "rb") as f:
+            channel = grpc.secure_channel(f"127.0.0.1:{args.port}", grpc.ssl_channel_credentials(f.read()))
+    else:
+        channel = grpc.insecure_channel(f"127.0.0.1:{args.port}")
     grpc.channel_ready_future(channel).result(timeout=10)
     call = channel.unary_stream(METHOD, request_serializer=identity, response_deserializer=identity)
     results = [None] * args.streams
@@ -154,6 +170,9 @@ def main():
     p.add_argument("--query", default="")
     p.add_argument("--prefix", default="g")
     p.add_argument("--fail-first", action="store_true")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--ca")
     # Stream i waits prefill_ms + i * stagger_ms before its first message, so streams that
     # share one method name (the path) can be told apart by their first-token times.
     p.add_argument("--prefill-ms", type=float, default=10)

@@ -10,6 +10,12 @@ the plaintext record cost the writing thread) and the ratio.
 
     python3 tests/servers/tls_write_bench.py --agent target/release/inferscope --rounds 3
     python3 tests/servers/tls_write_bench.py --peer bpftrace --rounds 3
+    python3 tests/servers/tls_write_bench.py --cleartext --agent A --rounds 3
+
+`--cleartext`: the target imports `ssl` (so libssl is mapped and the TLS probes are attached)
+but serves plain TCP: what the TLS bookkeeping costs a cleartext write of a TLS-capable
+process (the socket program's `TLS_CALLS`/`TLS_SOCKS`/`TLS_PENDING` lookups), to compare two
+agent builds run after each other.
 """
 
 import argparse
@@ -26,7 +32,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 PAYLOAD = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}]}\n\n"[:64].ljust(64, b" ")
 
 
-def target(cert, key):
+def target(cert, key, cleartext):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     ls = socket.socket()
@@ -35,7 +41,7 @@ def target(cert, key):
     print(f"LISTENING {ls.getsockname()[1]}", flush=True)
     conn, _ = ls.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s = ctx.wrap_socket(conn, server_side=True)
+    s = conn if cleartext else ctx.wrap_socket(conn, server_side=True)
     for line in sys.stdin:
         n = int(line.split()[1])
         # Each batch answers a request read first: with the agent attached that read claims the
@@ -50,10 +56,12 @@ def target(cert, key):
         print(f"NS_PER_WRITE {dt / n:.1f}", flush=True)
 
 
-def client(port, ca, writes):
+def client(port, ca, writes, cleartext):
     ctx = ssl.create_default_context(cafile=ca)
     ctx.check_hostname = False
-    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+    s = socket.create_connection(("127.0.0.1", port))
+    if not cleartext:
+        s = ctx.wrap_socket(s)
     while True:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
         want = len(HEAD) + writes * len(PAYLOAD)
@@ -74,11 +82,12 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--port", type=int)
+    ap.add_argument("--cleartext", action="store_true")
     args = ap.parse_args()
     if args.mode == "target":
-        return target(args.cert, args.key)
+        return target(args.cert, args.key, args.cleartext)
     if args.mode == "client":
-        return client(args.port, args.cert, args.writes)
+        return client(args.port, args.cert, args.writes, args.cleartext)
 
     tmp = tempfile.mkdtemp(prefix="tls-bench-")
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -86,11 +95,12 @@ def main():
                     "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
                    check=True, capture_output=True)
     me = os.path.abspath(__file__)
-    tgt = subprocess.Popen([sys.executable, me, "target", "--cert", cert, "--key", key],
+    clear = ["--cleartext"] if args.cleartext else []
+    tgt = subprocess.Popen([sys.executable, me, "target", "--cert", cert, "--key", key] + clear,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(tgt.stdout.readline().split()[1])
     cli = subprocess.Popen([sys.executable, me, "client", "--port", str(port), "--cert", cert,
-                            "--writes", str(args.writes)])
+                            "--writes", str(args.writes)] + clear)
 
     def batch():
         tgt.stdin.write(f"run {args.writes}\n")
@@ -134,7 +144,7 @@ def main():
         r = json.load(open(os.path.join(tmp, "r0.json")))["summary"]
         print(f"round 1 agent: {r['events']['writes']} writes seen, kernel TLS counters {r['lost']['tls']}")
     d = sorted(w - wo for wo, w in rows)
-    print(f"median extra per TLS write: {d[len(d) // 2]:.0f} ns")
+    print(f"median extra per {'cleartext' if args.cleartext else 'TLS'} write: {d[len(d) // 2]:.0f} ns")
 
 
 if __name__ == "__main__":

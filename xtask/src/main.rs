@@ -88,6 +88,7 @@ fn main() -> Result<()> {
             std::env::set_var("INFERSCOPE_OPENAI_PYTHON", llama::ensure_python()?);
             std::env::set_var("INFERSCOPE_GRPC_PYTHON", grpc::ensure_python()?);
             std::env::set_var("INFERSCOPE_OTLP_PYTHON", otlp::ensure_python()?);
+            std::env::set_var("INFERSCOPE_GRPC_JS", grpc::ensure_grpc_js()?);
             std::env::set_var("INFERSCOPE_PYSPY", pyspy::ensure()?);
             let tests = test(&args);
             // The packages too, after the tests so a packaging fault hides no test result.
@@ -214,6 +215,8 @@ fn setup() -> Result<()> {
     let wanted: &[(&str, &str)] = &[
         ("python3", "python3"),
         ("node", "nodejs"),
+        // The gRPC-over-TLS test server's @grpc/grpc-js comes from npm (xtask/src/grpc.rs).
+        ("npm", "npm"),
         ("curl", "curl"),
         // TLS tests make a throwaway self-signed certificate at test time.
         ("openssl", "openssl"),

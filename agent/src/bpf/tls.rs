@@ -24,8 +24,12 @@ pub struct TlsKernelCounters {
     pub plaintext: u64,
     /// Socket I/O of known-TLS sockets dropped in the kernel (ciphertext, never parsed).
     pub ciphertext_dropped: u64,
-    /// SSL calls that moved bytes on a connection that could not be told (not sent).
+    /// SSL calls that moved bytes on a connection that could not be told (not sent): reads
+    /// with no socket to go by, and writes not linked by the thread's next socket write.
     pub unmapped: u64,
+    /// Writes whose connection was told only by the thread's next socket write (Node's
+    /// opening SETTINGS, before any plaintext read mapped its `SSL *`): sent, not lost.
+    pub linked_late: u64,
     /// SSL calls not followed because the per-thread call map was full.
     pub calls_full: u64,
 }
@@ -99,7 +103,9 @@ impl SocketProbes {
         TlsKernelCounters {
             plaintext: get(counter::PLAINTEXT),
             ciphertext_dropped: get(counter::CIPHERTEXT_DROPPED),
-            unmapped: get(counter::UNMAPPED),
+            // A deferred write not linked by the end is lost like any other unmapped call.
+            unmapped: get(counter::UNMAPPED) + get(counter::DEFERRED).saturating_sub(get(counter::LINKED)),
+            linked_late: get(counter::LINKED),
             calls_full: get(counter::CALLS_FULL),
         }
     }

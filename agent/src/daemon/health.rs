@@ -19,6 +19,7 @@ pub struct Health {
     last_kube_dropped: u64,
     gpu: Option<crate::gpu::GpuTelemetry>,
     last_gpu_errors: BTreeMap<&'static str, u64>,
+    protocols: super::protocols::ProtocolCounts,
 }
 
 impl Health {
@@ -63,6 +64,7 @@ impl Health {
         }
         self.last_kernel = k;
         let p = ingest.tracker.parse_counters();
+        self.protocols.update(&p.h2, &ingest.tracker.events.tls, &k.tls, &metrics.protocols);
         let parse = [
             ("bad_head", p.bad_heads),
             ("bad_chunk", p.bad_chunks),
@@ -71,6 +73,7 @@ impl Health {
             ("aborted", p.aborted),
             ("partial", p.partial),
             ("pipeline_overflow", p.pipeline_overflow),
+            ("upgraded", p.upgraded),
             ("decode_error", ingest.tracker.events.decode_errors),
             ("connections_dropped", ingest.tracker.events.connections_dropped),
             ("idle_timeout", ingest.tracker.events.idle_expired),

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub kube_pods: IntGauge,
     pub kube_errors: IntCounter,
     pub kube_pods_dropped: IntCounter,
+    /// HTTP/2 and TLS: followed and not decoded (`protocols.rs`).
+    pub protocols: super::protocols::ProtocolMetrics,
     // Bounds.
     max_series: usize,
     /// Per label set of a target: the (family, full label values) series it owns.
@@ -214,7 +216,11 @@ impl Metrics {
                 E2E_BUCKETS,
                 &route,
             ),
-            requests: c("inferscope_requests_total", "Finished HTTP exchanges", &with(&["route", "model", "status"])),
+            requests: c(
+                "inferscope_requests_total",
+                "Finished HTTP exchanges (grpc_code: a gRPC call's grpc-status by name, absent for HTTP)",
+                &with(&["route", "model", "status", "grpc_code"]),
+            ),
             in_flight: {
                 let v =
                     IntGaugeVec::new(Opts::new("inferscope_requests_in_flight", "Requests not finished yet"), &TARGET)
@@ -277,6 +283,7 @@ impl Metrics {
                 "inferscope_kube_pods_dropped_total",
                 "Pods not kept because kubernetes_max_pods was reached",
             ),
+            protocols: super::protocols::ProtocolMetrics::register(&registry),
             registry,
             max_series,
             owned: HashMap::new(),
@@ -331,8 +338,11 @@ impl Metrics {
         let [s, n, p, c] = t.values();
         let rl = [s, n, p, c, route.as_str(), model.as_str()];
         let status = status_class(r.status);
-        if self.admit("requests", t, &[s, n, p, c, &route, &model, status]) {
-            self.requests.with_label_values(&[s, n, p, c, &route, &model, status]).inc();
+        // Empty (left out of the exposition) for HTTP; one of 18 names for gRPC: bounded.
+        let grpc = r.grpc_status.map_or("", crate::http::h2::grpc::code_name);
+        let labels = [s, n, p, c, route.as_str(), model.as_str(), status, grpc];
+        if self.admit("requests", t, &labels) {
+            self.requests.with_label_values(&labels).inc();
         }
         if r.first_byte_ns > 0 && self.admit("ttfb", t, &rl) {
             self.ttfb.with_label_values(&rl).observe(r.ttfb_s());
@@ -486,6 +496,7 @@ mod tests {
             read_tid: 1,
             write_tid: 1,
             partial: None,
+            grpc_status: None,
             model: None,
         }
     }
@@ -518,6 +529,27 @@ mod tests {
             "inferscope_stream_tokens_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"llama\"} 3",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn grpc_calls_carry_their_code_by_name_and_http_requests_no_such_label() {
+        let mut m = Metrics::new(10_000);
+        let t = labels("triton");
+        for code in [0, 0, 8] {
+            let mut r = rec("/inference.GRPCInferenceService/ModelStreamInfer");
+            r.grpc_status = Some(code);
+            m.observe_request(&t, &r);
+        }
+        m.observe_request(&t, &rec("/v1/chat/completions"));
+        let text = String::from_utf8(m.encode()).unwrap();
+        let route = "route=\"/inference.GRPCInferenceService/ModelStreamInfer\"";
+        for line in [
+            format!("inferscope_requests_total{{grpc_code=\"OK\",model=\"unknown\",{route},service=\"triton\",status=\"2xx\"}} 2"),
+            format!("inferscope_requests_total{{grpc_code=\"RESOURCE_EXHAUSTED\",model=\"unknown\",{route},service=\"triton\",status=\"2xx\"}} 1"),
+            "inferscope_requests_total{model=\"unknown\",route=\"/v1/chat/completions\",service=\"triton\",status=\"2xx\"} 1".into(),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
         }
     }
 

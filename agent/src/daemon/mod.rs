@@ -26,6 +26,7 @@ mod labels;
 pub mod metrics;
 mod otlp;
 mod process;
+mod protocols;
 pub mod server;
 mod targets;
 mod uprobes;

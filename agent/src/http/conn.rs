@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 
 use super::chunked::ChunkDecoder;
+use super::content::EventSeen;
+pub use super::content::MAX_CONTENT_WRITES;
 use super::events::{EventSplitter, Format, MAX_EVENT_DATA};
 use super::h2::{Route, Switch};
 use super::head::{self, HeadBuf, RequestHead};
@@ -14,8 +16,6 @@ pub use super::record::{ParseCounters, RequestRecord};
 
 /// Requests read but not yet answered (pipelining); more is not HTTP we can follow.
 const MAX_PENDING: usize = 64;
-/// Content-write timestamps kept per request; later ones still count in `chunks`.
-pub const MAX_CONTENT_WRITES: usize = 1 << 16;
 
 #[derive(Debug)]
 struct PartialRequest {
@@ -468,6 +468,7 @@ impl Connection {
             read_tid: req.read_tid,
             write_tid: self.current_tid,
             partial: None,
+            grpc_status: None,
             model: req.model,
         };
         let done = matches!(framing, Framing::Length(0));
@@ -541,42 +542,6 @@ impl Connection {
 
 /// Feeds response body bytes through the framing and the event splitter. Returns how many bytes
 /// belonged to this body, or `Err` when the chunked framing is malformed.
-/// What one complete (or cut) stream event does to its exchange.
-pub(super) struct EventSeen<'a> {
-    pub(super) record: &'a mut RequestRecord,
-    pub(super) last_content_seq: &'a mut u64,
-    pub(super) terminal_ns: &'a mut Option<u64>,
-    pub(super) counters: &'a mut ParseCounters,
-}
-
-impl EventSeen<'_> {
-    pub(super) fn event(&mut self, data: &[u8], ts_ns: u64, seq: u64) {
-        if self.record.model.is_none() && self.record.chunks == 0 {
-            // The response's first events (up to the first content one) name the model on
-            // OpenAI-compatible servers and Ollama, when the request body did not show it.
-            self.record.model = ModelScan::of(data);
-        }
-        let c = classify(data);
-        if c.content {
-            self.record.chunks += 1;
-            if *self.last_content_seq != seq {
-                *self.last_content_seq = seq;
-                if self.record.content_write_ns.len() < MAX_CONTENT_WRITES {
-                    self.record.content_write_ns.push(ts_ns);
-                } else {
-                    self.counters.content_writes_dropped += 1;
-                }
-            }
-        }
-        if c.tokens.is_some() {
-            self.record.tokens = c.tokens;
-        }
-        if c.terminal {
-            *self.terminal_ns = Some(ts_ns);
-        }
-    }
-}
-
 fn feed_body(ex: &mut Exchange, bytes: &[u8], ts_ns: u64, seq: u64, counters: &mut ParseCounters) -> Result<usize, ()> {
     let Exchange { record, framing, events, json, last_content_seq, terminal_ns, .. } = ex;
     let mut on_body = |body: &[u8]| {

@@ -33,6 +33,8 @@ pub struct RequestRecord {
     /// Set when the exchange did not end as its framing says and its stream never said it was
     /// complete: what was measured is kept, with the reason (`e2e` is then not a figure).
     pub partial: Option<&'static str>,
+    /// gRPC calls: the `grpc-status` code of the trailers (0 = OK); never the message.
+    pub grpc_status: Option<u32>,
 }
 
 /// Durations derived from the timestamps, in seconds: defined here once, for the report and the

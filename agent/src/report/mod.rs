@@ -2,6 +2,7 @@
 //! per-request waterfall, and the JSON document written by `--json`.
 
 mod json;
+mod protocols;
 mod terminal;
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,10 @@ pub struct RequestJson {
     /// `--max-models` distinct names, `other`. Absent when neither named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// gRPC calls: the `grpc-status` code of the trailers (0 = OK, 8 = RESOURCE_EXHAUSTED, …);
+    /// absent for HTTP and for calls whose trailers were not seen. Never the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
 }
 
 /// One row of the per-model summary: requests that named this model (`unknown`: none named).
@@ -96,6 +101,7 @@ impl From<&RequestRecord> for RequestJson {
             gpu: None,
             partial: r.partial,
             model: r.model.clone(),
+            grpc_status: r.grpc_status,
         }
     }
 }

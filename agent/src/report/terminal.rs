@@ -203,14 +203,7 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
                 s.events.no_payload
             );
         }
-        if s.events.tls.connections_undecoded > 0 {
-            let _ = writeln!(
-                o,
-                "not decoded: {} encrypted connection(s) gave no plaintext (a TLS stack without OpenSSL symbols: Go \
-                 crypto/tls, statically linked rustls/BoringSSL); their requests are not in this report",
-                s.events.tls.connections_undecoded
-            );
-        }
+        super::protocols::render(&mut o, &s, &self.requests);
         self.render_stages(&mut o, width);
         self.render_cpu(&mut o);
         self.render_offcpu(&mut o);

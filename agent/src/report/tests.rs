@@ -16,6 +16,7 @@ fn rec(request: u64, fb: u64, ft: Option<u64>, writes: &[u64], end: u64) -> Requ
         read_tid: 1,
         write_tid: 1,
         partial: None,
+        grpc_status: None,
         model: None,
     }
 }
@@ -131,6 +132,38 @@ fn every_line_fits_60_80_and_120_columns() {
     let narrow = report.render(60, 10);
     let header = narrow.lines().find(|l| l.contains("count")).unwrap();
     assert!(header.contains("p99") && header.contains("max") && !header.contains("p90"), "{narrow}");
+}
+#[test]
+fn http2_grpc_and_tls_counts_are_printed_and_in_the_json() {
+    let mut call = rec(0, 1_000_000, Some(10_000_000), &[10_000_000], 20_000_000);
+    call.grpc_status = Some(0);
+    let mut failed = call.clone();
+    failed.grpc_status = Some(8);
+    let plain = rec(0, 1_000_000, Some(10_000_000), &[10_000_000], 20_000_000);
+    let mut report = report_of(vec![call.clone(), call, failed, plain]);
+    report.parse.h2.connections = 2;
+    report.parse.h2.streams = 3;
+    report.parse.h2.undecodable_headers = 1;
+    report.events.tls.connections_decoded = 2;
+    report.kernel.tls.unmapped = 2;
+    let text = report.render(120, 10);
+    for want in [
+        "HTTP/2: 2 connection(s) (0 joined after attach), 3 stream(s) followed, 0 reset",
+        "not measured: 1 undecodable header block(s), 0 over the stream cap",
+        "gRPC: 3 call(s) by grpc-status: OK 2, RESOURCE_EXHAUSTED 1",
+        "TLS: 2 connection(s) decoded from libssl plaintext, 0 not decoded",
+        "lost: 2 on a connection not known yet, 0 over the call map",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let doc = report.to_json();
+    assert_eq!(doc["requests"][2]["grpc_status"], 8);
+    assert!(doc["requests"][3].get("grpc_status").is_none(), "HTTP: no grpc_status field");
+    assert_eq!(doc["summary"]["parse"]["h2"]["undecodable_headers"], 1);
+    assert_eq!(doc["summary"]["lost"]["tls"]["unmapped"], 2);
+    // A plain HTTP/1.1 run prints none of it.
+    let text = report_of(vec![rec(0, 1, Some(2), &[2], 3)]).render(120, 10);
+    assert!(!text.contains("HTTP/2:") && !text.contains("TLS:") && !text.contains("gRPC:"), "{text}");
 }
 
 /// A report of `requests` over one second, nothing else measured.

@@ -150,6 +150,7 @@ mod tests {
             read_tid: 1,
             write_tid: 1,
             partial: None,
+            grpc_status: None,
             model: Some("m".into()),
         }
     }

@@ -1,6 +1,31 @@
 //! gRPC's length-prefixed messages (a 1-byte compressed flag, a 4-byte big-endian length, the
 //! message) on a stream's DATA: counts whole messages, never looks inside one.
 
+/// The name of a gRPC status code (`grpc/status.h`), the bounded label value metrics use; a
+/// code outside the 17 defined ones is `UNKNOWN_CODE` rather than its number.
+pub fn code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN_CODE")
+}
+
 #[derive(Debug, Default)]
 pub struct Messages {
     /// Prefix bytes seen of the message being read (0..5).

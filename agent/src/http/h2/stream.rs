@@ -5,7 +5,7 @@
 
 use super::grpc::Messages;
 use super::hpack::{ContentKind, Headers};
-use crate::http::conn::{EventSeen, MAX_CONTENT_WRITES};
+use crate::http::content::{content_units, EventSeen};
 use crate::http::events::{EventSplitter, Format, MAX_EVENT_DATA};
 use crate::http::model::ModelScan;
 use crate::http::payload::classify;
@@ -18,6 +18,13 @@ enum Body {
     /// Non-streaming JSON prefix, for a stated token count only.
     Json(Vec<u8>),
     Other,
+}
+
+/// DATA bytes of a response, or how many were not captured.
+#[derive(Clone, Copy)]
+enum Data<'a> {
+    Bytes(&'a [u8]),
+    Lost(u64),
 }
 
 #[derive(Debug)]
@@ -108,47 +115,48 @@ impl Stream {
             write_tid: tid,
             model: self.model.take(),
             partial: None,
+            grpc_status: None,
         };
         self.resp = Some(Box::new(Response { record, body, last_content_seq: 0, terminal_ns: None }));
     }
 
     /// Response DATA bytes carried by write number `seq`.
     pub fn data(&mut self, bytes: &[u8], ts_ns: u64, seq: u64, counters: &mut ParseCounters) {
-        let Some(r) = self.resp.as_deref_mut() else { return };
-        r.record.end_ns = ts_ns;
-        let Response { record, body, last_content_seq, terminal_ns } = r;
-        match body {
-            Body::Events(ev) => {
-                let mut seen = EventSeen { record, last_content_seq, terminal_ns, counters };
-                ev.feed(bytes, &mut |d| seen.event(d, ts_ns, seq));
-            }
-            Body::Grpc(m) => {
-                let n = m.feed(bytes);
-                message(record, last_content_seq, counters, n, ts_ns, seq);
-            }
-            Body::Json(j) => {
-                let room = MAX_EVENT_DATA.saturating_sub(j.len());
-                j.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            }
-            Body::Other => {}
-        }
+        self.body(Data::Bytes(bytes), ts_ns, seq, counters);
     }
 
     /// `n` response DATA bytes were not captured.
     pub fn data_lost(&mut self, n: u64, ts_ns: u64, seq: u64, counters: &mut ParseCounters) {
+        self.body(Data::Lost(n), ts_ns, seq, counters);
+    }
+
+    fn body(&mut self, d: Data<'_>, ts_ns: u64, seq: u64, counters: &mut ParseCounters) {
         let Some(r) = self.resp.as_deref_mut() else { return };
         r.record.end_ns = ts_ns;
         let Response { record, body, last_content_seq, terminal_ns } = r;
         match body {
             Body::Events(ev) => {
                 let mut seen = EventSeen { record, last_content_seq, terminal_ns, counters };
-                ev.lose_sync(&mut |d| seen.event(d, ts_ns, seq));
+                let mut on_event = |e: &[u8]| seen.event(e, ts_ns, seq);
+                match d {
+                    Data::Bytes(b) => ev.feed(b, &mut on_event),
+                    Data::Lost(_) => ev.lose_sync(&mut on_event),
+                }
             }
             Body::Grpc(m) => {
-                let done = m.skip(n);
-                message(record, last_content_seq, counters, done, ts_ns, seq);
+                let n = match d {
+                    Data::Bytes(b) => m.feed(b),
+                    Data::Lost(n) => m.skip(n),
+                };
+                content_units(record, last_content_seq, counters, n, ts_ns, seq);
             }
-            Body::Json(j) => j.clear(),
+            Body::Json(j) => match d {
+                Data::Bytes(b) => {
+                    let room = MAX_EVENT_DATA.saturating_sub(j.len());
+                    j.extend_from_slice(&b[..b.len().min(room)]);
+                }
+                Data::Lost(_) => j.clear(),
+            },
             Body::Other => {}
         }
     }
@@ -157,6 +165,7 @@ impl Stream {
     pub fn trailers(&mut self, h: &Headers, ts_ns: u64, counters: &mut ParseCounters) {
         if let (Some(r), Some(g)) = (self.resp.as_deref_mut(), h.grpc_status) {
             r.terminal_ns = Some(ts_ns);
+            r.record.grpc_status = Some(g);
             if g != 0 {
                 counters.h2.grpc_errors += 1;
             }
@@ -199,21 +208,5 @@ impl Stream {
         }
         record.first_token_ns = record.content_write_ns.first().copied();
         Some(record)
-    }
-}
-
-/// `n` gRPC messages completed in write `seq`: each is a chunk, the write a content write.
-fn message(record: &mut RequestRecord, last_seq: &mut u64, counters: &mut ParseCounters, n: u64, ts_ns: u64, seq: u64) {
-    if n == 0 {
-        return;
-    }
-    record.chunks += n;
-    if *last_seq != seq {
-        *last_seq = seq;
-        if record.content_write_ns.len() < MAX_CONTENT_WRITES {
-            record.content_write_ns.push(ts_ns);
-        } else {
-            counters.content_writes_dropped += 1;
-        }
     }
 }

@@ -63,6 +63,7 @@ fn node_h2c_streams_become_records() {
     assert_eq!(paths, ["/v1/chat/completions/r0", "/v1/chat/completions/r1", "/v1/chat/completions/r2"]);
     for r in &recs {
         assert_eq!((r.method.as_str(), r.status, r.streaming), ("GET", 200, true), "{r:?}");
+        assert_eq!(r.grpc_status, None, "not a gRPC call");
         assert_eq!(r.request_ns, 1000, "all three requests came in the first read");
         assert!(r.first_byte_ns > r.request_ns && r.first_token_ns > Some(r.first_byte_ns), "{r:?}");
     }
@@ -220,6 +221,7 @@ fn grpc_server_streaming_counts_messages_and_ends_at_trailers() {
     assert_eq!((r.request_ns, r.first_byte_ns, r.first_token_ns, r.end_ns), (100, 200, Some(300), 600));
     assert_eq!((r.chunks, r.content_write_ns.clone(), r.tokens, r.streaming), (3, vec![300, 500], None, true));
     assert_eq!(c.counters.h2.grpc_errors, 0);
+    assert_eq!(r.grpc_status, Some(0), "the trailers' code is in the record");
     // A trailers-only error on the next stream: no message, a non-zero grpc-status, counted.
     // (The indexed :path etc. come from the dynamic table the first block filled.)
     let req = frame(
@@ -238,6 +240,9 @@ fn grpc_server_streaming_counts_messages_and_ends_at_trailers() {
     c.on_write(800, &err, err.len() as u64, &mut out);
     assert_eq!(out.len(), 2, "{:?}", c.counters);
     assert_eq!((out[1].path.as_str(), out[1].chunks, out[1].end_ns), (PATH, 0, 800));
+    assert_eq!(out[1].grpc_status, Some(8), "RESOURCE_EXHAUSTED, from a trailers-only response");
+    assert_eq!(crate::http::h2::grpc::code_name(8), "RESOURCE_EXHAUSTED");
+    assert_eq!(crate::http::h2::grpc::code_name(99), "UNKNOWN_CODE");
     assert_eq!(c.counters.h2.grpc_errors, 1);
 }
 
