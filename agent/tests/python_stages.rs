@@ -1,0 +1,177 @@
+//! Issue 14: sampled Python stages (`--stage NAME=py:GLOB`), against the real kernel and a real
+//! interpreter. Our own server (`tests/targets/py_stage_server.py`) burns known CPU time in
+//! `tokenize_prompt` and `decode_token` per request and records it (thread CPU clock, measured
+//! by the thread that ran it) with the request's CLOCK_MONOTONIC stamps; each request's sampled
+//! estimate must be within its own reported error bar of that truth. Needs root.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const PYTHON: &str = "/usr/bin/python3.11";
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(truth: &Path, worker: bool) -> (Server, u16) {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(workspace_root().join("tests/targets/py_stage_server.py")).arg(truth);
+    if worker {
+        cmd.arg("--worker");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("PORT ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
+    (Server(child), port)
+}
+
+/// One streamed request; returns once the server closed the connection.
+fn request(port: u16, tokens: u32, prefill_ms: u32, decode_ms: u32) {
+    let body = format!(r#"{{"tokens": {tokens}, "prefill_ms": {prefill_ms}, "decode_ms": {decode_ms}}}"#);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains("[DONE]"), "a whole stream: {out}");
+}
+
+#[derive(Debug)]
+struct Truth {
+    request_ns: u64,
+    end_ns: u64,
+    tokenize_s: f64,
+    decode_s: f64,
+}
+
+fn read_truth(path: &Path) -> Vec<Truth> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Truth {
+                request_ns: v["request_ns"].as_u64().unwrap(),
+                end_ns: v["end_ns"].as_u64().unwrap(),
+                tokenize_s: v["tokenize_ns"].as_f64().unwrap() / 1e9,
+                decode_s: v["decode_ns"].as_f64().unwrap() / 1e9,
+            }
+        })
+        .collect()
+}
+
+/// Runs `rounds` requests from each of `concurrency` clients at once against the fixture under
+/// the agent, and checks every request's sampled stages against the server's truth.
+fn run(name: &str, worker: bool, concurrency: usize, rounds: usize) {
+    let dir = scratch_dir(name);
+    let truth_path = dir.join("truth.jsonl");
+    let (server, port) = start_server(&truth_path, worker);
+    request(port, 1, 1, 1); // warm-up (imports, first thread), before the agent
+    let _ = std::fs::remove_file(&truth_path);
+    let agent = Agent::attach(
+        server.0.id(),
+        &dir.join("report.json"),
+        &["--frequency", "499", "--stage", "tokenize=py:*.tokenize_prompt", "--stage", "decode=py:*.decode_token"],
+    );
+    let clients: Vec<_> = (0..concurrency)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    request(port, 6, 40, 10);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (report, stdout) = agent.stop_with_stdout();
+    let truth = read_truth(&truth_path);
+    assert_eq!(truth.len(), concurrency * rounds, "the server's truth lines");
+    let requests = report["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), truth.len(), "every request measured");
+    let py = &report["python_stages"];
+    assert_eq!(py["method"], "sampled", "labelled as sampled: {py}");
+    assert!(stdout.contains("Python stages (SAMPLED at 499 Hz"), "the terminal says sampled: {stdout}");
+    let mut misses = Vec::new();
+    let (mut sum_est, mut sum_truth, mut n_samples) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for t in &truth {
+        // The agent stamps the request when its body was read and its end at the last write;
+        // the server just after each (later under GIL contention): the nearest pair of both.
+        let cost = |r: &serde_json::Value| {
+            r["request_ns"].as_u64().unwrap().abs_diff(t.request_ns) + r["end_ns"].as_u64().unwrap().abs_diff(t.end_ns)
+        };
+        let r = requests.iter().min_by_key(|r| cost(r)).unwrap();
+        assert!(cost(r) < 50_000_000, "a measured request for truth {t:?}: {} ns apart", cost(r));
+        for (stage, want) in [("tokenize", t.tokenize_s), ("decode", t.decode_s)] {
+            let e = &r["python_stages"][stage];
+            let (est, err, samples) = (
+                e["est_s"].as_f64().unwrap_or(0.0),
+                e["error_s"].as_f64().unwrap_or(0.0),
+                e["samples"].as_u64().unwrap_or(0),
+            );
+            *sum_est.entry(stage).or_insert(0.0) += est;
+            *sum_truth.entry(stage).or_insert(0.0) += want;
+            *n_samples.entry(stage).or_insert(0u64) += samples;
+            let line = format!(
+                "{stage}: sampled {:.1} ± {:.1} ms ({samples} samples), truth {:.1} ms",
+                est * 1e3,
+                err * 1e3,
+                want * 1e3
+            );
+            eprintln!("{name}: {line}");
+            if (est - want).abs() > err || samples == 0 {
+                misses.push(line);
+            }
+        }
+    }
+    for stage in ["tokenize", "decode"] {
+        let (est, want, n) = (sum_est[stage], sum_truth[stage], n_samples[stage]);
+        let err = 2.0 * (n as f64).sqrt() / 499.0;
+        eprintln!(
+            "{name}: {stage} over all requests: sampled {:.1} ± {:.1} ms, truth {:.1} ms",
+            est * 1e3,
+            err * 1e3,
+            want * 1e3
+        );
+        assert!((est - want).abs() <= err.max(3.0 / 499.0), "{stage} summed over requests off its error bar");
+    }
+    eprintln!("{name}: shared {} outside {}", py["shared"], py["outside_requests"]);
+    assert!(misses.is_empty(), "{name}: requests off their error bar: {misses:#?}");
+}
+
+#[test]
+fn python_stages_thread_per_request_concurrency_1() {
+    let _serial = require_root();
+    run("pystage-threads-c1", false, 1, 6);
+}
+
+#[test]
+fn python_stages_thread_per_request_concurrency_2() {
+    let _serial = require_root();
+    run("pystage-threads-c2", false, 2, 4);
+}
+
+#[test]
+fn python_stages_worker_thread_concurrency_1() {
+    let _serial = require_root();
+    run("pystage-worker-c1", true, 1, 6);
+}
