@@ -155,6 +155,23 @@ fn run(name: &str, worker: bool, concurrency: usize, rounds: usize) {
         assert!((est - want).abs() <= err.max(3.0 / 499.0), "{stage} summed over requests off its error bar");
     }
     eprintln!("{name}: shared {} outside {}", py["shared"], py["outside_requests"]);
+    // The phase split: `tokenize_prompt` runs before the first token, and so does the first of
+    // the six `decode_token` calls; the other five after it.
+    let phase = |stage: &str, p: &str| {
+        let e = &py["phases"][stage][p];
+        (e["est_s"].as_f64().unwrap_or(0.0), e["error_s"].as_f64().unwrap_or(3.0 / 499.0))
+    };
+    let (tok, dec) = (sum_truth["tokenize"], sum_truth["decode"]);
+    for (stage, p, want) in
+        [("tokenize", "prefill", tok), ("decode", "prefill", dec / 6.0), ("decode", "decode", dec * 5.0 / 6.0)]
+    {
+        let (est, err) = phase(stage, p);
+        eprintln!("{name}: {stage} in {p}: sampled {:.1} ± {:.1} ms, truth {:.1} ms", est * 1e3, err * 1e3, want * 1e3);
+        assert!((est - want).abs() <= err, "{name}: {stage}'s {p} share off its error bar: {}", py["phases"]);
+    }
+    let shared: u64 = ["tokenize", "decode"].iter().map(|s| py["shared"][s]["samples"].as_u64().unwrap_or(0)).sum();
+    let all: u64 = n_samples.values().sum();
+    assert!(shared * 50 <= all, "{name}: {shared} of {all} samples shared: the serial worker's work has one owner");
     assert!(misses.is_empty(), "{name}: requests off their error bar: {misses:#?}");
 }
 
@@ -174,4 +191,108 @@ fn python_stages_thread_per_request_concurrency_2() {
 fn python_stages_worker_thread_concurrency_1() {
     let _serial = require_root();
     run("pystage-worker-c1", true, 1, 6);
+}
+
+/// The worker thread computes, the handler threads write: at concurrency 2 and 4 every sample
+/// goes to the request whose token is written next (issue 14's concurrency bullet).
+#[test]
+fn python_stages_worker_thread_concurrency_2() {
+    let _serial = require_root();
+    run("pystage-worker-c2", true, 2, 4);
+}
+
+#[test]
+fn python_stages_worker_thread_concurrency_4() {
+    let _serial = require_root();
+    run("pystage-worker-c4", true, 4, 2);
+}
+
+/// The real target: llama-cpp-python's server on SmolLM2 (FastAPI + uvicorn; the model runs on
+/// a thread-pool worker, the event loop writes), driven by the official `openai` client at
+/// concurrency 1 and 2, with the `llama-cpp-python` (sampled Python) and `llama.cpp` (probed
+/// native) stage sets in one run. Every request gets its Python stages and its `llama_decode`
+/// calls; the sampled `LlamaContext.decode` time of a request is never more than the probed
+/// `llama_decode` time it wraps (on-CPU ≤ wall), beyond its error bar.
+#[test]
+fn llama_cpp_python_server_python_stages_per_request() {
+    let _serial = require_root();
+    let python: std::path::PathBuf = std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
+        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the openai venv")
+        .into();
+    let llama_server = std::path::PathBuf::from(
+        std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
+    );
+    let model = std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
+    let lib_dir = llama_server.parent().unwrap().to_path_buf();
+    let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server(
+        Command::new(&python)
+            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--n_ctx", "512", "--n_threads", "2"])
+            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
+            .env("PYTHONPATH", &src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start llama_cpp.server"),
+    );
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let client = workspace_root().join("tests/clients/openai_stream.py");
+    let run_clients = |clients: usize, n: &str| {
+        let procs: Vec<_> = (0..clients)
+            .map(|_| Command::new(&python).arg(&client).arg(&base).arg(n).stdout(Stdio::null()).spawn().unwrap())
+            .collect();
+        for mut p in procs {
+            assert!(p.wait().unwrap().success(), "openai client failed");
+        }
+    };
+    run_clients(1, "1"); // warm-up, unmeasured
+    for concurrency in [1usize, 2] {
+        let dir = scratch_dir(&format!("pystage-llama-cpp-python-c{concurrency}"));
+        let agent = Agent::attach(
+            server.0.id(),
+            &dir.join("report.json"),
+            &["--frequency", "499", "--stage-set", "llama-cpp-python", "--stage-set", "llama.cpp"],
+        );
+        run_clients(concurrency, if concurrency == 1 { "4" } else { "3" });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (report, stdout) = agent.stop_with_stdout();
+        let requests = report["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), 4.max(concurrency * 3), "c{concurrency}: every request measured");
+        assert!(stdout.contains("Python stages (SAMPLED"), "{stdout}");
+        for (i, r) in requests.iter().enumerate() {
+            let py = &r["python_stages"];
+            let native = &r["stages"];
+            let probed_s = native["decode"]["total_s"].as_f64().unwrap_or(0.0)
+                + native["prefill"]["total_s"].as_f64().unwrap_or(0.0);
+            let calls =
+                native["decode"]["count"].as_u64().unwrap_or(0) + native["prefill"]["count"].as_u64().unwrap_or(0);
+            let (est, err) =
+                (py["decode"]["est_s"].as_f64().unwrap_or(0.0), py["decode"]["error_s"].as_f64().unwrap_or(0.0));
+            eprintln!(
+                "c{concurrency} request {i}: python {} | llama_decode {calls} calls {:.1} ms, sampled LlamaContext.decode \
+                 {:.1} ± {:.1} ms",
+                py,
+                probed_s * 1e3,
+                est * 1e3,
+                err * 1e3
+            );
+            for stage in ["completion", "generate", "eval", "decode"] {
+                assert!(
+                    py[stage]["samples"].as_u64().unwrap_or(0) > 0,
+                    "c{concurrency} request {i}: no `{stage}` samples: {py}"
+                );
+            }
+            assert!(calls > 0, "c{concurrency} request {i}: its llama_decode calls: {native}");
+            assert!(est - err <= probed_s * 1.05, "c{concurrency} request {i}: sampled decode above the probed calls");
+        }
+        let shared = &report["stage_calls"]["shared"];
+        eprintln!("c{concurrency}: shared native calls {shared}, python {}", report["python_stages"]["shared"]);
+    }
 }

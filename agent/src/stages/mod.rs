@@ -3,6 +3,7 @@
 //! [`stats`] turns kernel call records into self time, statistics and per-request attribution.
 //! Python stages (`py:GLOB`) are not probed: [`sampled`] estimates them from CPU samples.
 
+pub mod owner;
 pub mod resolve;
 pub mod sampled;
 pub mod stage_set;

@@ -3,8 +3,9 @@
 //! probe, so nothing here is exact: every CPU sample of the target (one per `1/hz` s of CPU time,
 //! the software cpu-clock's fixed period) carries its time, thread and Python frames; a sample
 //! whose Python stack holds a frame matching the stage's glob counts for the request that
-//! thread serves (same rule as probed stages: the request read or written on that thread, else
-//! the only one in flight; several in flight on other threads: shared). Time = samples ×
+//! thread serves, by the same rules as probed calls ([`super::owner`]: the request read or
+//! written on that thread, else the only one in flight, else the one whose content write comes
+//! next, else shared), and for its phase (before that request's first token: prefill). Time = samples ×
 //! period, on-CPU time only (a function blocked in I/O or waiting for the GIL is not sampled),
 //! with a ±2√n-samples error bar (≈95 % for a Poisson count; at least 3 samples, the 95 % bound
 //! when none was seen).
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use agent_common::python::PySample;
 use serde::Serialize;
 
+use super::owner::Owner;
 use super::StageDef;
 use crate::http::RequestRecord;
 
@@ -108,6 +110,9 @@ pub struct PyStageReport {
     pub stages: Vec<PyStageSummary>,
     /// Per stage: samples in flight of several requests on other threads (never given to one).
     pub shared: BTreeMap<String, Estimate>,
+    /// Per stage: its samples by the phase of the request they went to (`prefill` before its
+    /// first token, `decode` after), or `shared` / `outside`.
+    pub phases: BTreeMap<String, BTreeMap<&'static str, Estimate>>,
     /// Per stage: samples while no request was in flight.
     pub outside_requests: BTreeMap<String, Estimate>,
     /// Samples of the target seen (with or without Python frames), and those not usable.
@@ -163,37 +168,6 @@ impl PyStageReport {
     }
 }
 
-/// Who a sample at `ts` on thread `tid` belongs to: the request in flight on that thread, else
-/// the only one in flight; `Err(true)` shared, `Err(false)` none in flight.
-fn owner(requests: &[RequestRecord], order: &[usize], ts: u64, tid: u32) -> Result<usize, bool> {
-    let mut same = None;
-    let mut n_same = 0;
-    let mut only = None;
-    let mut n = 0;
-    // `order` is by request time: stop at the first request that starts after the sample.
-    for &r in order {
-        let q = &requests[r];
-        if q.request_ns > ts {
-            break;
-        }
-        if q.end_ns < ts {
-            continue;
-        }
-        n += 1;
-        only = Some(r);
-        if q.read_tid == tid || q.write_tid == tid {
-            n_same += 1;
-            same = Some(r);
-        }
-    }
-    match (n_same, same, n, only) {
-        (1, Some(r), _, _) => Ok(r),
-        (_, _, 1, Some(r)) => Ok(r),
-        (_, _, 0, _) => Err(false),
-        _ => Err(true),
-    }
-}
-
 /// Attributes the samples of `pid` to `requests` (sorted or not) for the Python stages in
 /// `defs`; `mask_of(stack)` says which stages a stack matches (None: its frames are unknown).
 pub fn attribute(
@@ -211,10 +185,15 @@ pub fn attribute(
     order.sort_by_key(|&i| requests[i].request_ns);
     let mut per_request: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); requests.len()];
     let (mut shared, mut outside): (BTreeMap<String, u64>, BTreeMap<String, u64>) = Default::default();
+    let mut phases: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut totals = vec![0u64; names.len()];
     let mut masks: HashMap<i32, Option<u64>> = HashMap::new();
     let (mut seen, mut unnamed) = (0u64, 0u64);
-    for s in log.samples.iter().filter(|s| s.tgid == pid) {
+    // Samples in time order, against the requests in flight at each (a sweep).
+    let mut mine: Vec<&PySample> = log.samples.iter().filter(|s| s.tgid == pid).collect();
+    mine.sort_by_key(|s| s.ts_ns);
+    let (mut next, mut active) = (0usize, Vec::<usize>::new());
+    for s in mine {
         seen += 1;
         let mask = *masks.entry(s.stack).or_insert_with(|| if s.stack < 0 { None } else { mask_of(s.stack) });
         let Some(mask) = mask else {
@@ -224,18 +203,30 @@ pub fn attribute(
         if mask == 0 {
             continue;
         }
-        let who = owner(requests, &order, s.ts_ns, s.tid);
+        while next < order.len() && requests[order[next]].request_ns <= s.ts_ns {
+            active.push(order[next]);
+            next += 1;
+        }
+        active.retain(|&r| requests[r].end_ns >= s.ts_ns);
+        let who = super::owner::owner(requests, &active, s.ts_ns, s.tid);
+        let phase = match who {
+            Owner::Request(r) if requests[r].first_token_ns.is_none_or(|ft| s.ts_ns < ft) => "prefill",
+            Owner::Request(_) => "decode",
+            Owner::Shared => "shared",
+            Owner::Outside => "outside",
+        };
         for (i, name) in names.iter().enumerate().take(MAX_PY_STAGES) {
             if mask & (1 << i) == 0 {
                 continue;
             }
             totals[i] += 1;
             let into = match who {
-                Ok(r) => &mut per_request[r],
-                Err(true) => &mut shared,
-                Err(false) => &mut outside,
+                Owner::Request(r) => &mut per_request[r],
+                Owner::Shared => &mut shared,
+                Owner::Outside => &mut outside,
             };
             *into.entry(name.to_string()).or_default() += 1;
+            *phases.entry(name.to_string()).or_default().entry(phase).or_default() += 1;
         }
     }
     let est = |m: BTreeMap<String, u64>| m.into_iter().map(|(k, n)| (k, Estimate::of(n, period_s))).collect();
@@ -256,6 +247,10 @@ pub fn attribute(
         error_bar: ERROR_BAR,
         stages,
         shared: est(shared),
+        phases: phases
+            .into_iter()
+            .map(|(k, m)| (k, m.into_iter().map(|(p, n)| (p, Estimate::of(n, period_s))).collect()))
+            .collect(),
         outside_requests: est(outside),
         samples: seen,
         samples_unnamed: unnamed,
@@ -348,6 +343,8 @@ mod tests {
         assert_eq!(r.stages[0].total.samples, 4);
         assert_eq!(r.stages[0].requests, 2);
         assert_eq!(r.stages[1].total.samples, 1);
+        assert_eq!(r.phases["gen"]["decode"].samples, 2, "after the requests' first tokens");
+        assert_eq!(r.phases["gen"]["shared"].samples, 1);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["method"], "sampled");
         assert_eq!(json["stages"][0]["samples"], 4);
