@@ -122,6 +122,8 @@ pub mod setting {
     pub const PROC_EVENTS: u32 = 1;
     /// Unwind user stacks from `.eh_frame` tables (`UNWIND_*` maps) instead of frame pointers.
     pub const UNWIND: u32 = 2;
+    /// Send each sample of a Python process to `PY_SAMPLES` (sampled Python stages).
+    pub const PY_SAMPLES: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 

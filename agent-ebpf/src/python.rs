@@ -8,18 +8,23 @@
 
 use agent_common::{
     python::{
-        frame_flag, limits, status, PyFrame, PyProc, PyStack, NO_CFRAME, NO_FIELD, PY_MAX_FRAMES, PY_MAX_THREADS,
+        frame_flag, limits, status, PyFrame, PyProc, PySample, PyStack, NO_CFRAME, NO_FIELD, PY_MAX_FRAMES, PY_MAX_THREADS,
     },
     SampleKey,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
     macros::{map, perf_event},
-    maps::{HashMap, PerCpuArray, ProgramArray},
+    maps::{HashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::PerfEventContext,
 };
 
 use crate::common::BPF_NOEXIST;
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const EEXIST: i32 = 17;
@@ -36,6 +41,9 @@ static PY_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Per-CPU counters, see `agent_common::python::counter`.
 #[map]
 static PY_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(agent_common::python::counter::COUNT, 0);
+/// Each sample with its time and thread, while sampled Python stages run (`setting::PY_SAMPLES`).
+#[map]
+static PY_SAMPLES: RingBuf = RingBuf::with_byte_size(limits::PY_SAMPLES_BYTES, 0);
 
 /// Hands the finished native walk to `cpu_python` when `tgid` runs Python; returns only when
 /// it does not (not Python, program not loaded, out of tail calls).
@@ -85,6 +93,19 @@ pub fn cpu_python(_ctx: PerfEventContext) -> u32 {
         }
     }
     crate::sampling::count_sample(&SampleKey { user_stack: id, ..key });
+    if crate::lifecycle::enabled(agent_common::setting::PY_SAMPLES) {
+        let ev = PySample {
+            // SAFETY: plain helper calls.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid: key.tgid,
+            tid: bpf_get_current_pid_tgid() as u32,
+            stack: id,
+            _pad: 0,
+        };
+        if PY_SAMPLES.output::<PySample>(&ev, BPF_RB_NO_WAKEUP).is_err() {
+            bump(agent_common::python::counter::SAMPLES_LOST);
+        }
+    }
     0
 }
 

@@ -140,6 +140,10 @@ struct Run {
     workers: Vec<u32>,
     /// libssl probes of the target and its workers.
     tls: crate::tls::TlsFollow,
+    /// Sampled Python stages (`py:GLOB`): their definitions, the kernel's sample ring, the samples.
+    py_defs: Vec<StageDef>,
+    py_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    py_log: stages::sampled::SampleLog,
 }
 
 /// Runs until the duration elapses, Ctrl-C / SIGTERM, or the target exits; returns the report.
@@ -155,12 +159,23 @@ pub async fn attach(opts: AttachOptions) -> anyhow::Result<Report> {
 }
 
 impl Run {
-    fn start(opts: AttachOptions, target: crate::report::TargetInfo) -> anyhow::Result<Self> {
+    fn start(mut opts: AttachOptions, target: crate::report::TargetInfo) -> anyhow::Result<Self> {
+        // Python stages are sampled, not probed: they need the CPU sampler, not the resolver.
+        let (py_defs, native): (Vec<StageDef>, Vec<StageDef>) =
+            opts.stages.iter().cloned().partition(StageDef::is_python);
+        anyhow::ensure!(
+            py_defs.len() <= stages::sampled::MAX_PY_STAGES,
+            "at most {} Python stages (py:GLOB) in one run",
+            stages::sampled::MAX_PY_STAGES
+        );
+        if !py_defs.is_empty() && opts.sample_hz.is_none() {
+            opts.sample_hz = Some(DEFAULT_PY_STAGE_HZ);
+        }
         let mut ingest = Ingest::load(opts.ring_bytes, opts.capture)?;
         // Probes are attached first, so a connection accepted from here on is seen; connections
         // already open are found (socket capture: at their next read; syscalls: from /proc now).
         let existing = ingest.follow(opts.pid)?;
-        let mut resolver = (!opts.stages.is_empty()).then(|| StageResolver::new(opts.pid, opts.stages.clone()));
+        let mut resolver = (!native.is_empty()).then(|| StageResolver::new(opts.pid, native));
         if let Some(r) = &mut resolver {
             let found = r.scan(true)?;
             attach_stages(&mut ingest, r.defs(), &found, opts.pid)?;
@@ -184,6 +199,7 @@ impl Run {
             }
             ingest.probes.start_profiler(opts.pid, hz)?;
         }
+        let py_ring = if py_defs.is_empty() { None } else { Some(ingest.probes.start_py_samples()?) };
         if opts.offcpu {
             ingest.probes.set_phase(opts.pid, agent_common::phase::IDLE)?;
             ingest.probes.start_offcpu()?;
@@ -210,6 +226,9 @@ impl Run {
             started: Instant::now(),
             workers: Vec::new(),
             tls: crate::tls::TlsFollow::default(),
+            py_defs,
+            py_ring,
+            py_log: stages::sampled::SampleLog::default(),
         };
         // Workers first: "attached" means every process serving the target's sockets is followed.
         run.follow_new_workers();
@@ -324,6 +343,7 @@ impl Run {
                 _ = poll.tick() => {
                     self.notice_execs();
                     self.ingest.drain(&mut self.sink);
+                    self.drain_py_samples();
                     if self.profiling() {
                         self.ingest.push_phase(self.opts.pid);
                     }
@@ -345,6 +365,16 @@ impl Run {
             eprintln!();
         }
         Ok(ended_by)
+    }
+
+    fn drain_py_samples(&mut self) {
+        let Some(ring) = &mut self.py_ring else { return };
+        while let Some(item) = ring.next() {
+            match crate::event::decode_py_sample(&item) {
+                Ok(s) => self.py_log.push(s),
+                Err(_) => self.py_log.not_kept += 1,
+            }
+        }
     }
 
     /// Once a second: symbolize while the process (its maps, its files under /proc/PID/root)
@@ -410,6 +440,7 @@ impl Run {
         // not see those closes. Either way what is left comes out as partial records, with why.
         let reason = if ended_by == "target exited" { "target exited mid-stream" } else { "run ended mid-stream" };
         self.ingest.finish(reason, &mut self.sink);
+        self.drain_py_samples();
         let probes = &self.ingest.probes;
         let kernel = probes.counters();
         let cpu_profile = if self.opts.sample_hz.is_some() { Some(probes.read_samples()?) } else { None };
@@ -435,6 +466,8 @@ impl Run {
             mut user_frames,
             run_start_ns,
             workers,
+            py_defs,
+            py_log,
             ..
         } = self;
         let mut discard = Collect::new(0, 0);
@@ -491,7 +524,16 @@ impl Run {
             python: python_walks.map(|k| crate::python::PythonStats::new(&k, user_frames.python.stats)),
             ..c
         });
+        let py_stages = (!py_defs.is_empty()).then(|| {
+            let globs: Vec<&str> = py_defs.iter().filter_map(StageDef::python_glob).collect();
+            let lost = python_walks.map_or(0, |k| k[agent_common::python::counter::SAMPLES_LOST as usize]);
+            let hz = opts.sample_hz.unwrap_or(DEFAULT_PY_STAGE_HZ);
+            stages::sampled::attribute(&kept, &py_log, opts.pid, &py_defs, hz, lost, |id| {
+                user_frames.frames(id).map(|f| stages::sampled::stack_mask(&f, &globs))
+            })
+        });
         Ok(Report {
+            py_stages,
             cpu,
             offcpu,
             gpu,
@@ -510,6 +552,9 @@ impl Run {
         })
     }
 }
+
+/// CPU sampling frequency when Python stages ask for samples and no profile set one.
+pub const DEFAULT_PY_STAGE_HZ: u64 = 99;
 
 fn attach_stages(ingest: &mut Ingest, defs: &[StageDef], found: &[stages::Attachment], pid: u32) -> anyhow::Result<()> {
     for a in found {

@@ -100,6 +100,11 @@ pub fn decode_stage(bytes: &[u8]) -> Result<agent_common::StageEvent, DecodeErro
     decode_fixed(bytes)
 }
 
+/// Decodes a Python sample record (`PY_SAMPLES`).
+pub fn decode_py_sample(bytes: &[u8]) -> Result<agent_common::python::PySample, DecodeError> {
+    decode_fixed(bytes)
+}
+
 /// Decodes a process lifecycle record (`PROC_EVENTS`).
 pub fn decode_proc(bytes: &[u8]) -> Result<agent_common::ProcEvent, DecodeError> {
     decode_fixed(bytes)
@@ -132,6 +137,12 @@ mod record_tests {
         assert_eq!(decode_stage(&b), Ok(st));
         for cut in 0..b.len() {
             assert_eq!(decode_stage(&b[..cut]), Err(DecodeError::Short(cut)));
+        }
+        let ps = agent_common::python::PySample { ts_ns: 5, tgid: 6, tid: 7, stack: -1, _pad: 0 };
+        let b = bytes_of(&ps);
+        assert_eq!(decode_py_sample(&b), Ok(ps));
+        for cut in 0..b.len() {
+            assert_eq!(decode_py_sample(&b[..cut]), Err(DecodeError::Short(cut)));
         }
         let pe = ProcEvent { ts_ns: 1, tgid: 2, kind: agent_common::proc_event::EXIT };
         let b = bytes_of(&pe);

@@ -58,10 +58,13 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         /// Time a function as a stage: NAME=SPEC, SPEC being SYMBOL, LIBRARY:SYMBOL or a glob on
-        /// demangled names (`*::tokenize`). Repeatable.
+        /// demangled names (`*::tokenize`); or `py:GLOB` on Python `module.qualname`s
+        /// (`py:*Scheduler.schedule`), estimated by CPU sampling (reported as sampled, with error
+        /// bars). Repeatable.
         #[arg(long = "stage", value_name = "NAME=SPEC")]
         stages: Vec<String>,
-        /// A named stage set (built in: llama.cpp, cuda) or a path to a .stages file. Repeatable.
+        /// A named stage set (built in: llama.cpp, cuda; Python, sampled: llama-cpp-python, vllm,
+        /// sglang) or a path to a .stages file. Repeatable.
         #[arg(long = "stage-set", value_name = "NAME|FILE")]
         stage_sets: Vec<String>,
         /// Deprecated: the old name of --stage-set.
@@ -205,6 +208,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(d) = duration {
                 anyhow::ensure!(d.is_finite() && d > 0.0, "--duration must be a positive number of seconds");
             }
+            let stage_defs = inferscope::stages::collect(&stage_sets, &profiles, &stages)?;
+            let python_stages = stage_defs.iter().any(inferscope::stages::StageDef::is_python);
             let opts = AttachOptions {
                 pid,
                 duration: duration.map(Duration::from_secs_f64),
@@ -212,8 +217,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_requests,
                 max_models,
                 status: !quiet,
-                stages: inferscope::stages::collect(&stage_sets, &profiles, &stages)?,
-                sample_hz: (flamegraph.is_some() || folded.is_some() || pprof.is_some()).then_some(frequency),
+                stages: stage_defs,
+                // Python stages (`py:GLOB`) are sampled: they need the sampler too.
+                sample_hz: (flamegraph.is_some() || folded.is_some() || pprof.is_some() || python_stages)
+                    .then_some(frequency),
                 offcpu: off_cpu,
                 gpu: (gpu_hz > 0.0).then(|| inferscope::gpu::GpuOptions {
                     library: nvml_library,

@@ -149,6 +149,13 @@ impl SocketProbes {
         Some(out)
     }
 
+    /// Sends each sample of a Python process with its time and thread to the returned ring
+    /// (sampled Python stages, `crate::stages::sampled`).
+    pub fn start_py_samples(&mut self) -> Result<aya::maps::RingBuf<aya::maps::MapData>, ProbeError> {
+        self.set_setting(agent_common::setting::PY_SAMPLES, true)?;
+        self.take_ring(pymaps::PY_SAMPLES)
+    }
+
     /// Python stacks stored now (for map-fill reporting).
     pub fn py_stacks_len(&self) -> usize {
         self.ebpf

@@ -33,6 +33,11 @@ impl UserFrames {
         self.stacks.contains_key(&id)
     }
 
+    /// The names of stack `id`, root first, once symbolized.
+    pub fn frames(&self, id: i32) -> Option<Vec<&str>> {
+        self.stacks.get(&id).map(|s| s.iter().map(|&n| self.names.name(n)).collect())
+    }
+
     /// Stacks kept.
     pub fn len(&self) -> usize {
         self.stacks.len()

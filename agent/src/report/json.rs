@@ -26,6 +26,9 @@ impl Report {
                 "too_deep": self.kernel.stage_too_deep,
             });
         }
+        if let Some(py) = &self.py_stages {
+            doc["python_stages"] = serde_json::to_value(py).unwrap_or_default();
+        }
         if let Some(cpu) = &self.cpu {
             doc["cpu"] = serde_json::json!({
                 "samples": cpu.samples,

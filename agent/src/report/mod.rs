@@ -42,6 +42,9 @@ pub struct RequestJson {
     /// Stage calls attributed to this request (only when stages are probed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<BTreeMap<String, RequestStage>>,
+    /// Sampled Python stages of this request (only with `py:` stages): estimates with error bars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_stages: Option<BTreeMap<String, crate::stages::sampled::Estimate>>,
     /// GPU utilization over this request's prefill and decode windows (only when GPU
     /// telemetry ran).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,6 +101,7 @@ impl From<&RequestRecord> for RequestJson {
             chunks: r.chunks,
             tokens: r.tokens,
             stages: None,
+            python_stages: None,
             gpu: None,
             partial: r.partial,
             model: r.model.clone(),
@@ -191,6 +195,8 @@ pub struct Report {
     /// Entries and capacity of each bounded kernel map at the end of the run.
     pub kernel_maps: Vec<(&'static str, usize, u32)>,
     pub stages: Option<StageReport>,
+    /// Sampled Python stages (`py:GLOB`), when asked for.
+    pub py_stages: Option<crate::stages::sampled::PyStageReport>,
     /// Folded CPU samples per phase, when sampling ran.
     pub cpu: Option<crate::profile::Folded>,
     /// Folded off-CPU microseconds per phase, when `--off-cpu` ran.
@@ -217,6 +223,9 @@ impl Report {
                 let mut j = RequestJson::from(r);
                 if let Some(st) = &self.stages {
                     j.stages = Some(st.attribution.per_request.get(i).cloned().unwrap_or_default());
+                }
+                if let Some(py) = &self.py_stages {
+                    j.python_stages = Some(py.per_request.get(i).cloned().unwrap_or_default());
                 }
                 if let Some(g) = self.gpu.as_ref().filter(|g| g.status.enabled) {
                     j.gpu = g.requests.get(i).copied();

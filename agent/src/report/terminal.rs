@@ -205,6 +205,9 @@ Off-CPU (blocked) time {:.3} s over all threads; where threads blocked:",
         }
         super::protocols::render(&mut o, &s, &self.requests);
         self.render_stages(&mut o, width);
+        if let Some(py) = &self.py_stages {
+            o.push_str(&py.render());
+        }
         self.render_cpu(&mut o);
         self.render_offcpu(&mut o);
         if let Some(g) = &self.gpu {

@@ -181,6 +181,7 @@ fn report_of(requests: Vec<RequestRecord>) -> Report {
         capture: CaptureInfo { mode: crate::capture::CaptureMode::Socket, fallback_reason: None },
         kernel_maps: Vec::new(),
         stages: None,
+        py_stages: None,
         cpu: None,
         offcpu: None,
         gpu: None,

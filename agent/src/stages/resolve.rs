@@ -94,7 +94,7 @@ impl StageResolver {
 
     /// Stages bound to a library that is not loaded yet.
     pub fn pending(&self) -> Vec<&StageDef> {
-        self.defs.iter().zip(&self.found).filter(|(_, f)| !**f).map(|(d, _)| d).collect()
+        self.defs.iter().zip(&self.found).filter(|(d, f)| !**f && !d.is_python()).map(|(d, _)| d).collect()
     }
 
     /// Searches modules not searched before. On the first scan, a plain symbol (no library) that
@@ -120,6 +120,9 @@ impl StageResolver {
             };
             self.modules_searched += 1;
             for (i, d) in self.defs.iter().enumerate() {
+                if d.is_python() {
+                    continue; // sampled, not probed (`stages::sampled`)
+                }
                 if let Some(lib) = &d.library {
                     if !library_matches(lib, m) {
                         continue;
@@ -167,7 +170,7 @@ impl StageResolver {
         }
         if first {
             for (i, d) in self.defs.iter().enumerate() {
-                if d.library.is_none() && !self.found[i] {
+                if d.library.is_none() && !self.found[i] && !d.is_python() {
                     near[i].sort();
                     near[i].dedup();
                     near[i].truncate(5);

@@ -16,6 +16,18 @@ pub struct StageDef {
     pub prefill_name: Option<String>,
 }
 
+impl StageDef {
+    /// A Python stage (`py:GLOB`): measured by sampling (`stages::sampled`), never probed.
+    pub fn is_python(&self) -> bool {
+        self.spec.starts_with(super::sampled::PY_PREFIX)
+    }
+
+    /// The glob of a Python stage (after `py:`).
+    pub fn python_glob(&self) -> Option<&str> {
+        self.spec.strip_prefix(super::sampled::PY_PREFIX)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StageSetError {
     #[error("--stage wants NAME=SPEC (e.g. decode=libllama.so:llama_decode), got `{0}`")]
@@ -34,6 +46,9 @@ pub enum StageSetError {
 const BUILTIN: &[(&str, &str)] = &[
     ("llama.cpp", include_str!("../../stage-sets/llama.cpp.stages")),
     ("cuda", include_str!("../../stage-sets/cuda.stages")),
+    ("vllm", include_str!("../../stage-sets/vllm.stages")),
+    ("sglang", include_str!("../../stage-sets/sglang.stages")),
+    ("llama-cpp-python", include_str!("../../stage-sets/llama-cpp-python.stages")),
 ];
 
 /// Splits `LIB:SYMBOL` from a plain symbol. A C++ `::` is not a separator; the part before the
@@ -72,6 +87,9 @@ pub fn parse_stage_arg(arg: &str) -> Result<StageDef, StageSetError> {
     {
         return Err(StageSetError::BadStageArg(arg.into()));
     }
+    if spec.strip_prefix(super::sampled::PY_PREFIX).is_some_and(str::is_empty) {
+        return Err(StageSetError::BadStageArg(arg.into()));
+    }
     Ok(def(name, spec, None))
 }
 
@@ -91,6 +109,9 @@ pub fn parse_stage_set(source_name: &str, text: &str) -> Result<Vec<StageDef>, S
         let name = cols.next().ok_or_else(|| bad("missing stage name"))?;
         let spec = cols.next().ok_or_else(|| bad("missing function spec after the stage name"))?;
         let mut prefill = None;
+        if spec == super::sampled::PY_PREFIX {
+            return Err(bad("`py:` wants a glob on Python functions (py:*Scheduler.schedule)"));
+        }
         for opt in cols {
             match opt.split_once('=') {
                 Some(("prefill", n)) if !n.is_empty() => prefill = Some(n.to_string()),
@@ -166,6 +187,12 @@ mod tests {
         assert_eq!(decode.prefill_name.as_deref(), Some("prefill"));
         assert!(load_stage_set("cuda").unwrap().iter().any(|d| d.symbol == "cudaLaunchKernel"));
         assert!(load_stage_set("nope").unwrap_err().to_string().contains("llama.cpp, cuda"));
+        for set in ["vllm", "sglang", "llama-cpp-python"] {
+            let defs = load_stage_set(set).unwrap();
+            assert!(!defs.is_empty() && defs.iter().all(|d| d.is_python() && d.prefill_name.is_none()), "{set}");
+        }
+        let gen = load_stage_set("llama-cpp-python").unwrap();
+        assert!(gen.iter().any(|d| d.python_glob() == Some("*Llama.generate")));
     }
 
     #[test]
@@ -180,6 +207,10 @@ mod tests {
     fn bad_input_is_a_clear_error() {
         assert!(parse_stage_arg("decode").is_err());
         assert!(parse_stage_arg("=x").is_err());
+        assert!(parse_stage_arg("s=py:").is_err());
+        let py = parse_stage_arg("sched=py:*Scheduler.schedule").unwrap();
+        assert!(py.is_python() && py.library.is_none());
+        assert_eq!(py.python_glob(), Some("*Scheduler.schedule"));
         assert_eq!(parse_stage_arg("d=llama_decode").unwrap().symbol, "llama_decode");
         let e = parse_stage_set("p", "a b c=d\n").unwrap_err().to_string();
         assert!(e.contains("p:1: unknown option"), "{e}");

@@ -136,9 +136,10 @@ fn add(map: &mut BTreeMap<String, RequestStage>, name: &str, call: &StageCall) {
     e.total_s += call.duration_ns() as f64 / 1e9;
 }
 
-/// Gives each call to a request: the request in flight on the same thread (it read the request
-/// or writes its response); else the only request in flight at all; else it is shared (several
-/// in flight: a batch) or outside (none). `prefill[i]` renames stage i's calls that end before
+/// Gives each call to a request by [`super::owner`]: the request in flight on the same thread
+/// (it read the request or writes its response); else the only request in flight at all; else
+/// the one whose content write comes next (a serial worker thread); else it is shared (a batch)
+/// or outside (none). `prefill[i]` renames stage i's calls that end before
 /// their request's first token.
 pub fn attribute(
     requests: &[RequestRecord],
@@ -167,14 +168,8 @@ pub fn attribute(
         }
         active.retain(|&r| requests[r].end_ns >= c.start_ns);
         let overlapping: Vec<usize> = active.iter().copied().filter(|&r| requests[r].request_ns <= c.end_ns).collect();
-        let same_thread: Vec<usize> = overlapping
-            .iter()
-            .copied()
-            .filter(|&r| requests[r].read_tid == c.tid || requests[r].write_tid == c.tid)
-            .collect();
-        let owner = match (same_thread.len(), overlapping.len()) {
-            (1, _) => Some(same_thread[0]),
-            (_, 1) => Some(overlapping[0]),
+        let owner = match super::owner::owner(requests, &overlapping, c.end_ns, c.tid) {
+            super::owner::Owner::Request(r) => Some(r),
             _ => None,
         };
         let base = names.get(c.stage as usize).cloned().unwrap_or_else(|| format!("stage{}", c.stage));
