@@ -8,14 +8,14 @@
 
 use agent_common::{
     python::{
-        frame_flag, limits, status, PyFrame, PyProc, PySample, PyStack, NO_CFRAME, NO_FIELD, PY_MAX_FRAMES, PY_MAX_THREADS,
+        frame_flag, limits, status, PyFrame, PyProc, PySample, PyStack, NO_CFRAME, NO_FIELD, PY_MAX_FRAMES,
+        PY_MAX_THREADS,
     },
     SampleKey,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, perf_event},
     maps::{HashMap, PerCpuArray, ProgramArray, RingBuf},

@@ -30,6 +30,7 @@ fn record(i: u64) -> RequestRecord {
         write_tid: 1,
         model: Some(["llama-3.1-8b", "qwen2:7b", "mistral-7b"][(i % 3) as usize].into()),
         partial: None,
+        grpc_status: None,
     }
 }
 

@@ -398,7 +398,8 @@ fn daemon_exports_grpc_codes_and_http2_tls_counts() {
     let dir = scratch_dir("daemon-grpc-tls");
     let root = workspace_root();
     let (cert, key) = make_cert(&dir);
-    let config = "reconcile_seconds = 1\n[[rule]]\nname = \"grpc-js\"\ncomm = [\"node\"]\ncmdline = [\"*grpc_stream.js*\"]\n";
+    let config =
+        "reconcile_seconds = 1\n[[rule]]\nname = \"grpc-js\"\ncomm = [\"node\"]\ncmdline = [\"*grpc_stream.js*\"]\n";
     let mut d = Daemon::start(&dir, config, &[]);
     d.wait_ready();
     let (server, port) = Proc::start(

@@ -58,11 +58,7 @@ fn post(port: u16, path: &str, model: &str) -> u16 {
 }
 
 fn received(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(out).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Attributes of a data point (or resource) as (key, string value).
@@ -117,7 +113,11 @@ const EXPECTED: &[(&str, &str, &[f64])] = &[
         "s",
         &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
     ),
-    ("gen_ai.server.time_per_output_token", "s", &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]),
+    (
+        "gen_ai.server.time_per_output_token",
+        "s",
+        &[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5],
+    ),
     (
         "gen_ai.client.token.usage",
         "{token}",
@@ -192,7 +192,8 @@ fn attach_exports_genai_metrics_that_the_official_protos_decode() {
         assert_eq!(h["aggregation_temporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE", "{name}");
         let points = h["data_points"].as_array().unwrap();
         for p in points {
-            let bounds: Vec<f64> = p["explicit_bounds"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
+            let bounds: Vec<f64> =
+                p["explicit_bounds"].as_array().unwrap().iter().map(|b| b.as_f64().unwrap()).collect();
             assert_eq!(bounds, *buckets, "{name}: the conventions' advisory buckets");
             let a = attrs(p);
             assert_eq!(attr(&a, "gen_ai.provider.name"), Some(comm.as_str()), "{name} {a:?}");
@@ -361,7 +362,10 @@ fn the_daemon_exports_what_it_follows() {
     by_model.sort();
     let want = [("llama-3.1-8b".to_string(), 4), ("other".to_string(), 1)];
     assert_eq!(by_model, want, "max_models_per_target = 1: the second model is `other`");
-    assert!(!contains(&hex_decode(last["raw_hex"].as_str().unwrap()), b"second-model"), "a folded name is never exported");
+    assert!(
+        !contains(&hex_decode(last["raw_hex"].as_str().unwrap()), b"second-model"),
+        "a folded name is never exported"
+    );
     assert!(d.stop().success());
 }
 

@@ -130,6 +130,7 @@ mod tests {
             write_tid: 1,
             model: Some("m".into()),
             partial: None,
+            grpc_status: None,
         }
     }
 
@@ -201,7 +202,8 @@ mod tests {
 
     #[test]
     fn buckets_are_increasing() {
-        for b in [REQUEST_DURATION_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS, TIME_PER_OUTPUT_TOKEN_BUCKETS, TOKEN_USAGE_BUCKETS]
+        for b in
+            [REQUEST_DURATION_BUCKETS, TIME_TO_FIRST_TOKEN_BUCKETS, TIME_PER_OUTPUT_TOKEN_BUCKETS, TOKEN_USAGE_BUCKETS]
         {
             assert!(b.windows(2).all(|w| w[0] < w[1]));
         }

@@ -151,7 +151,12 @@ impl Otlp {
         let provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
         let meter = provider.meter("inferscope");
         let seconds = |name: &'static str, description: &'static str, buckets: &[f64]| {
-            meter.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(buckets.to_vec()).build()
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(buckets.to_vec())
+                .build()
         };
         Ok(Self {
             duration: seconds(

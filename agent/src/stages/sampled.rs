@@ -280,6 +280,7 @@ mod tests {
             read_tid: tid,
             write_tid: tid,
             partial: None,
+            grpc_status: None,
             model: None,
         }
     }
