@@ -50,6 +50,31 @@ pub struct Config {
     pub metrics_bearer_token_file: Option<PathBuf>,
     /// `[otlp]`: also export GenAI metrics over OTLP/HTTP. None: off.
     pub otlp: Option<OtlpConfig>,
+    /// `[pprof_push]`: also push CPU profiles to a Pyroscope-compatible `/ingest`. None: off.
+    pub pprof_push: Option<PprofPushConfig>,
+}
+
+/// `[pprof_push]`: every `interval_seconds`, the next followed process (in turn) is sampled for
+/// `seconds` and its profile pushed to `url` (`/ingest` is appended).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PprofPushConfig {
+    /// `http://HOST:PORT[/PREFIX]` of Pyroscope (or Alloy's `pyroscope.receive_http`).
+    pub url: String,
+    #[serde(default = "default_push_interval")]
+    pub interval_seconds: f64,
+    #[serde(default = "default_push_seconds")]
+    pub seconds: f64,
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_push_interval() -> f64 {
+    60.0
+}
+
+fn default_push_seconds() -> f64 {
+    10.0
 }
 
 /// `[otlp]`: where and how often to send the GenAI metrics (OpenTelemetry semantic conventions).
@@ -100,6 +125,7 @@ impl Default for Config {
             rules: Vec::new(),
             metrics_bearer_token_file: None,
             otlp: None,
+            pprof_push: None,
         }
     }
 }
@@ -205,6 +231,18 @@ impl Config {
             if !r.stage_set.is_empty() {
                 crate::stages::stage_set::load_stage_set(&r.stage_set)
                     .map_err(|e| invalid(format!("rule `{}`: {e}", r.name)))?;
+            }
+        }
+        if let Some(p) = &cfg.pprof_push {
+            super::pprof_push::Endpoint::parse(&p.url).map_err(|e| invalid(format!("[pprof_push] url: {e}")))?;
+            let ok = |v: f64| v.is_finite() && v > 0.0;
+            if !(ok(p.interval_seconds)
+                && ok(p.seconds)
+                && ok(p.timeout_seconds)
+                && p.seconds <= p.interval_seconds
+                && p.seconds <= 300.0)
+            {
+                return Err(invalid("[pprof_push]: interval_seconds, seconds and timeout_seconds must be > 0, seconds <= interval_seconds and <= 300".into()));
             }
         }
         if let Some(o) = &cfg.otlp {

@@ -25,6 +25,7 @@ pub mod kube;
 mod labels;
 pub mod metrics;
 mod otlp;
+mod pprof_push;
 mod process;
 mod protocols;
 pub mod server;
@@ -59,6 +60,8 @@ pub struct Daemon {
     uprobes: UprobePool,
     labels: Labels,
     flamegraphs: Flamegraphs,
+    /// `[pprof_push]`: CPU profiles pushed to a Pyroscope-compatible endpoint.
+    pprof_push: Option<pprof_push::Pusher>,
     health: Health,
 }
 
@@ -77,6 +80,7 @@ impl Daemon {
             uprobes: UprobePool::default(),
             labels: Labels::none(),
             flamegraphs: Flamegraphs::default(),
+            pprof_push: None,
             health: Health::default(),
         }
     }
@@ -177,6 +181,14 @@ impl Daemon {
         if let Some(o) = &mut self.targets.otlp {
             o.every_second();
         }
+        if let Some(p) = &mut self.pprof_push {
+            if !self.flamegraphs.busy() {
+                if let Some(pid) = p.due(now, &mut self.targets.pids()) {
+                    let name = self.targets.get(pid).map(|t| pprof_push::app_name(&t.labels)).unwrap_or_default();
+                    self.flamegraphs.start_push(pid, p.seconds, name, &mut self.ingest);
+                }
+            }
+        }
     }
 
     /// Pre-fork servers: the processes below a followed one that serve its listening sockets
@@ -212,7 +224,11 @@ impl Daemon {
         for pid in self.discovery.take_exited() {
             self.detach(pid, "exit");
         }
-        self.flamegraphs.poll(&mut self.ingest);
+        if let Some(push) = self.flamegraphs.poll(&mut self.ingest) {
+            if let Some(p) = &self.pprof_push {
+                p.send(push);
+            }
+        }
     }
 }
 
@@ -228,6 +244,9 @@ pub async fn run(cfg: Config, config_path: PathBuf) -> anyhow::Result<()> {
     process::register_build_info(&daemon.metrics.registry, daemon.ingest.probes.mode.name());
     if let Err(e) = daemon.metrics.registry.register(Box::new(process::ProcessCollector::new())) {
         log::warn!("process_* metrics: {e}");
+    }
+    if let Some(p) = &daemon.cfg.pprof_push {
+        daemon.pprof_push = Some(pprof_push::Pusher::start(p, &daemon.metrics.registry)?);
     }
     if let Some(o) = &daemon.cfg.otlp {
         daemon.targets.otlp =

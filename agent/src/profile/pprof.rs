@@ -179,6 +179,14 @@ pub fn encode(folded: &Folded, sampling: Sampling) -> Vec<u8> {
     out.0
 }
 
+/// `encode`'s message gzipped, as pprof files and uploads are.
+pub fn gzipped(folded: &Folded, sampling: Sampling) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = gz.write_all(&encode(folded, sampling));
+    gz.finish().unwrap_or_default()
+}
+
 /// Writes `encode`'s message gzipped, as pprof files are.
 pub fn write(path: &std::path::Path, folded: &Folded, sampling: Sampling) -> anyhow::Result<()> {
     let file = std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
