@@ -37,6 +37,32 @@ pub struct RequestRecord {
     pub grpc_status: Option<u32>,
 }
 
+#[cfg(test)]
+impl RequestRecord {
+    /// For unit tests: a streamed `POST /x` read and answered on thread `tid`, first byte 1 ns
+    /// after the request, with these content writes (the first one is the first token).
+    pub fn test_stream(request_ns: u64, writes: &[u64], end_ns: u64, tid: u32) -> RequestRecord {
+        RequestRecord {
+            method: "POST".into(),
+            path: "/x".into(),
+            status: 200,
+            request_ns,
+            first_byte_ns: request_ns + 1,
+            first_token_ns: writes.first().copied(),
+            end_ns,
+            content_write_ns: writes.to_vec(),
+            chunks: writes.len() as u64,
+            tokens: None,
+            streaming: true,
+            read_tid: tid,
+            write_tid: tid,
+            model: None,
+            partial: None,
+            grpc_status: None,
+        }
+    }
+}
+
 /// Durations derived from the timestamps, in seconds: defined here once, for the report and the
 /// metrics alike.
 impl RequestRecord {

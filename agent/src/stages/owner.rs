@@ -60,24 +60,7 @@ mod tests {
     use super::*;
 
     fn req(request: u64, writes: &[u64], end: u64, tid: u32) -> RequestRecord {
-        RequestRecord {
-            method: "POST".into(),
-            path: "/x".into(),
-            status: 200,
-            request_ns: request,
-            first_byte_ns: request + 1,
-            first_token_ns: writes.first().copied(),
-            end_ns: end,
-            content_write_ns: writes.to_vec(),
-            chunks: writes.len() as u64,
-            tokens: None,
-            streaming: true,
-            read_tid: tid,
-            write_tid: tid,
-            partial: None,
-            grpc_status: None,
-            model: None,
-        }
+        RequestRecord::test_stream(request, writes, end, tid)
     }
 
     const MS: u64 = 1_000_000;

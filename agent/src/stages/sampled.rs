@@ -266,22 +266,9 @@ mod tests {
 
     fn req(request: u64, end: u64, tid: u32) -> RequestRecord {
         RequestRecord {
-            method: "POST".into(),
-            path: "/x".into(),
-            status: 200,
-            request_ns: request,
-            first_byte_ns: request + 1,
-            first_token_ns: Some(request + 2),
-            end_ns: end,
             content_write_ns: vec![],
             chunks: 0,
-            tokens: None,
-            streaming: true,
-            read_tid: tid,
-            write_tid: tid,
-            partial: None,
-            grpc_status: None,
-            model: None,
+            ..RequestRecord::test_stream(request, &[request + 2], end, tid)
         }
     }
 

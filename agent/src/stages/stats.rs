@@ -225,22 +225,10 @@ mod tests {
 
     fn req(request: u64, first_token: Option<u64>, end: u64, tid: u32) -> RequestRecord {
         RequestRecord {
-            method: "POST".into(),
-            path: "/x".into(),
-            status: 200,
-            request_ns: request,
-            first_byte_ns: request + 1,
-            first_token_ns: first_token,
-            end_ns: end,
             content_write_ns: vec![],
             chunks: 0,
-            tokens: None,
-            streaming: true,
-            read_tid: tid,
-            write_tid: tid,
-            partial: None,
-            grpc_status: None,
-            model: None,
+            first_token_ns: first_token,
+            ..RequestRecord::test_stream(request, &[], end, tid)
         }
     }
 
