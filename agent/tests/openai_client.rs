@@ -8,8 +8,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -81,46 +81,15 @@ fn check_against_clients(report: &serde_json::Value, clients: &[ClientView]) -> 
     got
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn openai_client_against_llama_cpp_python_server() {
     let _serial = require_root();
-    let llama_server = PathBuf::from(
-        std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
-    );
-    let model = std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
-    // build/bin holds libllama.so; the sdist's Python package is in src/ next to build/.
-    let lib_dir = llama_server.parent().unwrap().to_path_buf();
-    let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Kill(
-        Command::new(python())
-            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--n_ctx", "512", "--n_threads", "2"])
-            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
-            .env("PYTHONPATH", &src)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama_cpp.server"),
-    );
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let base = format!("http://127.0.0.1:{port}/v1");
+    let server = LlamaCppPython::start(&python());
+    let base = server.base.clone();
     // One unmeasured request: the first one pays for warming the model up.
     let _ = run_client(&base, None);
     let dir = scratch_dir("openai-llama");
-    let agent = Agent::attach(server.0.id(), &dir.join("report.json"), &[]);
+    let agent = Agent::attach(server.pid(), &dir.join("report.json"), &[]);
     let clients = run_client(&base, None);
     std::thread::sleep(Duration::from_millis(200));
     let report = agent.stop();

@@ -374,40 +374,9 @@ fn code_objects_named_cold_and_cached() {
 #[test]
 fn llama_cpp_python_server_mixed_stacks() {
     let _serial = require_root();
-    let python: PathBuf = std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
-        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the openai venv")
-        .into();
-    let llama_server = PathBuf::from(
-        std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
-    );
-    let model = std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
-    let lib_dir = llama_server.parent().unwrap().to_path_buf();
-    let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let server = Kill(
-        Command::new(&python)
-            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--n_ctx", "512", "--n_threads", "2"])
-            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
-            .env("PYTHONPATH", &src)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama_cpp.server"),
-    );
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let base = format!("http://127.0.0.1:{port}/v1");
+    let python = openai_python();
+    let server = LlamaCppPython::start(&python);
+    let base = server.base.clone();
     let client = workspace_root().join("tests/clients/openai_stream.py");
     let run_client = |n: &str| {
         let out = Command::new(&python).arg(&client).arg(&base).arg(n).stderr(Stdio::inherit()).output().unwrap();
@@ -418,7 +387,7 @@ fn llama_cpp_python_server_mixed_stacks() {
     let folded_path = dir.join("cpu.folded");
     let svg = dir.join("cpu.svg");
     let agent = Agent::attach(
-        server.0.id(),
+        server.pid(),
         &dir.join("report.json"),
         &["--frequency", "499", "--folded", folded_path.to_str().unwrap(), "--flamegraph", svg.to_str().unwrap()],
     );

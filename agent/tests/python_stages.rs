@@ -228,33 +228,9 @@ fn python_stages_worker_thread_concurrency_4() {
 #[test]
 fn llama_cpp_python_server_python_stages_per_request() {
     let _serial = require_root();
-    let python: std::path::PathBuf = std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
-        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the openai venv")
-        .into();
-    let llama_server = std::path::PathBuf::from(
-        std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
-    );
-    let model = std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
-    let lib_dir = llama_server.parent().unwrap().to_path_buf();
-    let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server(
-        Command::new(&python)
-            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--n_ctx", "512", "--n_threads", "2"])
-            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
-            .env("PYTHONPATH", &src)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama_cpp.server"),
-    );
-    let t0 = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < std::time::Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let base = format!("http://127.0.0.1:{port}/v1");
+    let python = openai_python();
+    let server = LlamaCppPython::start(&python);
+    let base = server.base.clone();
     let client = workspace_root().join("tests/clients/openai_stream.py");
     let run_clients = |clients: usize, n: &str| {
         let procs: Vec<_> = (0..clients)
@@ -265,12 +241,13 @@ fn llama_cpp_python_server_python_stages_per_request() {
         }
     };
     run_clients(1, "1"); // warm-up, unmeasured
-                         // Concurrency 2 on this server is open (issue 14): in one run most of a pair's
-                         // llama_decode calls and samples fell outside every request; see the report of session 7.
+
+    // Concurrency 2 on this server is open (issue 14): in one run most of a pair's llama_decode
+    // calls and samples fell outside every request; see the issue's session 7 note.
     for concurrency in [1usize] {
         let dir = scratch_dir(&format!("pystage-llama-cpp-python-c{concurrency}"));
         let agent = Agent::attach(
-            server.0.id(),
+            server.pid(),
             &dir.join("report.json"),
             &["--frequency", "499", "--stage-set", "llama-cpp-python", "--stage-set", "llama.cpp"],
         );

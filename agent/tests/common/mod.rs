@@ -268,3 +268,59 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
+
+/// The venv's python with `openai` and llama-cpp-python's server (built by `cargo xtask test`).
+pub fn openai_python() -> PathBuf {
+    std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
+        .expect("INFERSCOPE_OPENAI_PYTHON unset: run `cargo xtask test`, which builds the openai venv")
+        .into()
+}
+
+/// llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`: FastAPI, uvicorn,
+/// ctypes into the libllama `cargo xtask test` built) on SmolLM2, on 127.0.0.1; killed on drop.
+pub struct LlamaCppPython {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT/v1`, for the `openai` client.
+    pub base: String,
+}
+
+impl LlamaCppPython {
+    pub fn start(python: &Path) -> LlamaCppPython {
+        let llama_server = PathBuf::from(
+            std::env::var_os("INFERSCOPE_LLAMA_SERVER").expect("INFERSCOPE_LLAMA_SERVER unset: run `cargo xtask test`"),
+        );
+        let model =
+            std::env::var("INFERSCOPE_LLAMA_MODEL").expect("INFERSCOPE_LLAMA_MODEL unset: run `cargo xtask test`");
+        // build/bin holds libllama.so; the sdist's Python package is in src/ next to build/.
+        let lib_dir = llama_server.parent().unwrap().to_path_buf();
+        let src = lib_dir.parent().unwrap().parent().unwrap().join("src");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(python)
+            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--n_ctx", "512", "--n_threads", "2"])
+            .env("LLAMA_CPP_LIB_PATH", &lib_dir)
+            .env("PYTHONPATH", &src)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start llama_cpp.server");
+        let server = LlamaCppPython { child, base: format!("http://127.0.0.1:{port}/v1") };
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(90), "llama_cpp.server not listening in 90 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LlamaCppPython {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
