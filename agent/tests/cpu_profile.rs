@@ -12,9 +12,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -28,25 +27,6 @@ fn build_burn(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::copy(&exe, &stripped).unwrap();
     assert!(Command::new("strip").arg("--strip-all").arg(&stripped).status().unwrap().success());
     (exe, stripped)
-}
-
-/// Starts a process that prints `READY <pid>` first.
-fn start(cmd: &mut Command) -> (Child, u32) {
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
-    (child, pid)
-}
-
-/// Folded-stack text (`frame;frame;frame COUNT` per line) to counts by stack.
-fn parse_folded(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((stack.to_string(), n.parse().ok()?))
-        })
-        .collect()
 }
 
 fn read_folded(path: &Path) -> HashMap<String, u64> {
@@ -91,7 +71,7 @@ fn c_fixture_shares_and_perf_agrees() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-c");
     let (exe, _) = build_burn(&dir);
-    let (mut child, pid) = start(Command::new(&exe).args(["8", "70"]));
+    let (mut child, pid) = start_ready(Command::new(&exe).args(["8", "70"]));
     // Debian's perf on the same process at the same time, for comparison.
     let perf_data = dir.join("perf.data");
     let mut perf = Command::new("perf")
@@ -172,7 +152,7 @@ fn stripped_binary_gives_unknown_frames_with_module() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-stripped");
     let (_, stripped) = build_burn(&dir);
-    let (mut child, pid) = start(Command::new(&stripped).args(["4", "70"]));
+    let (mut child, pid) = start_ready(Command::new(&stripped).args(["4", "70"]));
     let (_, folded) = profile(pid, &dir, "2", "99");
     child.kill().ok();
     child.wait().ok();
@@ -184,7 +164,7 @@ fn rust_fixture_shows_demangled_paths() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-rust");
     let exe = workspace_root().join("target/release/stage-target-rs");
-    let (mut child, pid) = start(Command::new(&exe).args(["burn", "4"]));
+    let (mut child, pid) = start_ready(Command::new(&exe).args(["burn", "4"]));
     let (_, folded) = profile(pid, &dir, "2", "99");
     child.kill().ok();
     child.wait().ok();
@@ -212,7 +192,7 @@ fn node_jit_frames_from_perf_map() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-node");
     let js = workspace_root().join("tests/targets/hot.js");
-    let (mut child, pid) = start(Command::new("node").arg("--perf-basic-prof").arg(&js).arg("6"));
+    let (mut child, pid) = start_ready(Command::new("node").arg("--perf-basic-prof").arg(&js).arg("6"));
     std::thread::sleep(std::time::Duration::from_millis(500)); // let V8 JIT-compile it
     let (_, folded) = profile(pid, &dir, "2", "99");
     child.kill().ok();
@@ -280,7 +260,7 @@ fn off_cpu_case(name: &str, frame_pointers: &str) {
     let truth_file = dir.join("truth.txt");
     // The fixture counts from SIGUSR1, sent once we are attached, and exits 3 s later: its truth
     // covers our window but for the few milliseconds between attaching and the signal.
-    let (mut child, pid) = start(Command::new(&exe).args(["3", "14", "6"]).arg(&truth_file));
+    let (mut child, pid) = start_ready(Command::new(&exe).args(["3", "14", "6"]).arg(&truth_file));
     let folded = dir.join("cpu.folded");
     let agent = Agent::attach(
         pid,
@@ -371,7 +351,7 @@ fn whole_stacks_without_frame_pointers() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-unwind");
     let (exe, plugin) = build_unwind_fixture(&dir);
-    let (mut child, pid) = start(Command::new(&exe).arg("6").arg(&plugin));
+    let (mut child, pid) = start_ready(Command::new(&exe).arg("6").arg(&plugin));
     let folded_path = dir.join("cpu.folded");
     let agent = Agent::attach(
         pid,
@@ -483,7 +463,7 @@ fn cpp_whole_stacks_without_frame_pointers() {
     let dir = scratch_dir("cpu-unwind-cpp");
     let (exe, plugin) = build_unwind_cpp_fixture(&dir);
     let truth_file = dir.join("truth.txt");
-    let (mut child, pid) = start(Command::new(&exe).arg("5").arg(&plugin).arg(&truth_file));
+    let (mut child, pid) = start_ready(Command::new(&exe).arg("5").arg(&plugin).arg(&truth_file));
     let folded_path = dir.join("cpu.folded");
     let agent = Agent::attach(
         pid,
@@ -599,7 +579,7 @@ fn unwind_table_size_is_configurable_and_overflow_counted() {
     let _serial = require_root();
     let dir = scratch_dir("cpu-unwind-small");
     let (exe, plugin) = build_unwind_fixture(&dir);
-    let (mut child, pid) = start(Command::new(&exe).arg("3").arg(&plugin));
+    let (mut child, pid) = start_ready(Command::new(&exe).arg("3").arg(&plugin));
     let folded_path = dir.join("cpu.folded");
     let agent = Agent::attach_with_env(
         pid,

@@ -26,11 +26,7 @@ fn burn(dir: &Path) -> Child {
     let exe = c_fixture(dir, "burn", &["-g", "-fno-omit-frame-pointer"]);
     let named = dir.join("pushburn");
     std::fs::rename(&exe, &named).unwrap();
-    let mut child = Command::new(&named).args(["60", "70"]).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("READY"), "{line}");
-    child
+    start_ready(Command::new(&named).args(["60", "70"])).0
 }
 
 /// The `profile` part of a multipart/form-data body.

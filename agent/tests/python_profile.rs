@@ -32,26 +32,7 @@ fn fixture() -> PathBuf {
 
 /// Starts the fixture under `python`; returns it and its pid once it said READY.
 fn start(python: &Path, seconds: &str, truth: &Path) -> (Child, u32) {
-    let mut child = Command::new(python)
-        .arg(fixture())
-        .arg(seconds)
-        .arg(truth)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
-    (child, pid)
-}
-
-fn parse_folded(text: &str) -> HashMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (stack, n) = l.rsplit_once(' ')?;
-            Some((stack.to_string(), n.parse().ok()?))
-        })
-        .collect()
+    start_ready(Command::new(python).arg(fixture()).arg(seconds).arg(truth))
 }
 
 /// A Python frame of the fixture: `py_burn.NAME (py_burn.py:LINE)`.

@@ -269,6 +269,25 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Starts a process that prints `READY <pid>` first; returns it and that pid.
+pub fn start_ready(cmd: &mut Command) -> (Child, u32) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid = line.trim().strip_prefix("READY ").unwrap_or_else(|| panic!("said {line:?}")).parse().unwrap();
+    (child, pid)
+}
+
+/// Folded-stack text (`frame;frame;frame COUNT` per line) to counts by stack.
+pub fn parse_folded(text: &str) -> std::collections::HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((stack.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The venv's python with `openai` and llama-cpp-python's server (built by `cargo xtask test`).
 pub fn openai_python() -> PathBuf {
     std::env::var_os("INFERSCOPE_OPENAI_PYTHON")
