@@ -10,8 +10,7 @@
 //! counted (`inferscope_pprof_pushes_total{result}`) and logged once when pushes start failing
 //! and once when they recover; the daemon's other work never waits on it.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs as _};
+use std::io::Write as _;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,6 @@ use super::metrics::TargetLabels;
 
 /// Captures waiting for the push thread; more are dropped and counted.
 const QUEUE: usize = 4;
-/// A response longer than this is cut (an ingest answer is a few bytes).
-const MAX_RESPONSE: usize = 64 * 1024;
 /// Longest label value put in the application name.
 const MAX_LABEL: usize = 63;
 
@@ -189,14 +186,7 @@ fn query_escape(s: &str) -> String {
 
 /// One POST; the answer's status.
 fn post(ep: &Endpoint, p: &Push, timeout: Duration) -> Result<u16, String> {
-    let addr = (ep.host.trim_start_matches('[').trim_end_matches(']'), ep.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", ep.host))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", ep.host))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let (mut s, addr) = crate::export::otlp_http::connect(&ep.host, ep.port, timeout)?;
     let boundary =
         format!("inferscope-{:016x}", p.from_unix_s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ p.pprof.len() as u64);
     let mut body = Vec::with_capacity(p.pprof.len() + 256);
@@ -222,15 +212,9 @@ fn post(ep: &Endpoint, p: &Push, timeout: Duration) -> Result<u16, String> {
         env!("CARGO_PKG_VERSION"),
         body.len()
     );
-    s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).map_err(|e| format!("send: {e}"))?;
-    let mut answer = Vec::new();
-    s.take(MAX_RESPONSE as u64).read_to_end(&mut answer).map_err(|e| format!("read: {e}"))?;
-    let line = answer.split(|&b| b == b'\n').next().unwrap_or_default();
-    let status = std::str::from_utf8(line)
-        .ok()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| "no HTTP status in the answer".to_string())?;
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).map_err(|e| format!("send to {addr}: {e}"))?;
+    let (status, _) =
+        crate::export::otlp_http::read_response(&mut s).map_err(|e| format!("answer from {addr}: {e}"))?;
     Ok(status)
 }
 

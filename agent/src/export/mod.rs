@@ -4,4 +4,4 @@
 
 pub mod genai;
 pub mod otlp;
-mod otlp_http;
+pub(crate) mod otlp_http;

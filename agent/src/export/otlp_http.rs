@@ -50,14 +50,7 @@ impl BlockingClient {
         let uri = req.uri();
         let host = uri.host().ok_or("no host in the endpoint")?;
         let port = uri.port_u16().unwrap_or(80);
-        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} resolves to no address"))?;
-        let mut s = TcpStream::connect_timeout(&addr, self.timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        let (mut s, addr) = connect(host, port, self.timeout)?;
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = uri.authority().map_or(host, |a| a.as_str());
         let body = req.body();
@@ -80,9 +73,23 @@ impl BlockingClient {
     }
 }
 
+/// A connection to `host:port` (a bracketed IPv6 literal too) with `timeout` for connecting,
+/// each write and each read; the address it reached, for messages.
+pub(crate) fn connect(host: &str, port: u16, timeout: Duration) -> Result<(TcpStream, std::net::SocketAddr), String> {
+    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    Ok((s, addr))
+}
+
 /// Reads one response: its status and (Content-Length) body. A chunked body is not decoded
 /// (the exporter only reads an OTLP response body for partial-success details).
-fn read_response(s: &mut impl std::io::Read) -> Result<(u16, Vec<u8>), String> {
+pub(crate) fn read_response(s: &mut impl std::io::Read) -> Result<(u16, Vec<u8>), String> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
